@@ -1,0 +1,1 @@
+"""The load agent: workers that open connections, send on schedule, and measure."""

@@ -1,0 +1,53 @@
+"""The agent's side of the protocol, apart from I/O: build client frames, read server frames fast.
+
+The reference gateway writes server frames with a fixed field order (docs/protocol.md), so the hot
+path reads the type and timestamp by position; anything unexpected falls back to a JSON parse.
+"""
+
+from __future__ import annotations
+
+import json
+
+MSG, ECHO, ACK, PONG, ERROR, OTHER = range(6)
+_PREFIXES = ((b'{"type":"msg"', MSG), (b'{"type":"echo"', ECHO), (b'{"type":"ack"', ACK),
+             (b'{"type":"pong"', PONG), (b'{"type":"error"', ERROR))
+_TYPES = {"msg": MSG, "echo": ECHO, "ack": ACK, "pong": PONG, "error": ERROR}
+
+
+def make_body(size: int) -> bytes:
+    """MESSAGE_SIZE bytes of body text (JSON-safe, no escaping needed)."""
+    return (b"0123456789abcdef" * (size // 16 + 1))[:size]
+
+
+def send_frame(to_user: bytes, seq: int, scheduled_ns: int, body: bytes) -> bytes:
+    return b'{"type":"send","to":"%s","id":%d,"ts":%d,"body":"%s"}' % (to_user, seq, scheduled_ns, body)
+
+
+def echo_frame(seq: int, scheduled_ns: int, body: bytes) -> bytes:
+    return b'{"type":"echo","id":%d,"ts":%d,"body":"%s"}' % (seq, scheduled_ns, body)
+
+
+def ping_frame(now_ns: int) -> bytes:
+    return b'{"type":"ping","ts":%d}' % now_ns
+
+
+def classify(payload: bytes) -> tuple[int, int | None]:
+    """(frame kind, 'ts' integer or None) of a server frame."""
+    for prefix, kind in _PREFIXES:
+        if payload.startswith(prefix):
+            if kind == MSG or kind == ECHO:
+                i = payload.find(b'"ts":')
+                if i >= 0:
+                    j = payload.find(b",", i)
+                    try:
+                        return kind, int(payload[i + 5:j])
+                    except ValueError:
+                        break  # not where the fixed layout puts it: parse properly
+            return kind, None
+    try:
+        obj = json.loads(payload)
+        kind = _TYPES.get(obj.get("type"), OTHER)
+        ts = obj.get("ts")
+        return kind, int(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
+    except (ValueError, AttributeError, TypeError):
+        return OTHER, None

@@ -1,0 +1,366 @@
+"""The agent process: preflight, start workers in lockstep, write CSVs every second, summarize.
+
+Outputs in --out DIR (docs/data-format.md): timeseries.csv (one row per second per worker, flushed
+every second), gateway_metrics.csv (with --gateway-metrics), status.json (live, for watchers),
+summary.json (at the end, also after a stop, a deadman timeout or a dead worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from multiprocessing.connection import wait
+
+from loadgen import __version__
+from loadgen.agent import gateway_scrape
+from loadgen.agent import histogram as hdr
+from loadgen.agent.interval import COLUMNS, COUNTERS
+from loadgen.agent.worker import classify_connect_error, worker_main
+from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
+from loadgen.plan import criteria as crit
+
+
+def prepare_out_dir(path: str) -> None:
+    """Create the output dir; never write over an earlier run's results."""
+    if os.path.exists(os.path.join(path, "summary.json")) or os.path.exists(os.path.join(path, "timeseries.csv")):
+        raise UsageError(f"--out {path} already holds a run; choose a new directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {path} is not writable: {exc.strerror}") from None
+
+
+async def _probe_gateway(plan) -> None:
+    """One handshake per endpoint before any load: refuse to run against a dead or wrong target."""
+    from picows import WSListener, ws_connect
+
+    for host, port in plan.endpoints:
+        url = f"ws://{host}:{port}{plan.path}?user=preflight-{os.getpid()}"
+        try:
+            transport, _ = await asyncio.wait_for(
+                ws_connect(WSListener, url, extra_headers={"Authorization": f"Bearer {plan.token}"},
+                           websocket_handshake_timeout=5, logger_name=None), 6)
+        except Exception as exc:
+            reason = classify_connect_error(exc)
+            if reason == "auth":
+                raise LoadgenError(f"gateway {host}:{port} rejected AUTH_TOKEN (HTTP 401)") from None
+            detail = {"refused": "connection refused", "timeout": "no answer within 5 s"}.get(reason, str(exc) or reason)
+            raise LoadgenError(f"gateway {host}:{port} unreachable: {detail}") from None
+        transport.disconnect()
+
+
+def preflight(plan) -> None:
+    asyncio.run(_probe_gateway(plan))
+
+
+class Totals:
+    """Everything the summary needs, merged from every worker's rows (histograms merged, not averaged)."""
+
+    def __init__(self) -> None:
+        self.counts = {name: 0 for name in COUNTERS}
+        self.latency = hdr.new_histogram()
+        self.connect = hdr.new_histogram()
+        self.session = hdr.new_histogram()
+        self.hold_received = 0
+        self.hold_rows = 0
+        self.hold_span: list[float] = []
+        self.first_ts = None
+        self.last_ts = None
+        self.peak_active: dict[int, int] = {}
+
+    def add(self, row: dict) -> None:
+        for name in COUNTERS:
+            self.counts[name] += row[name]
+        hdr.merge_encoded(self.latency, row["latency_hdr"])
+        hdr.merge_encoded(self.connect, row["connect_hdr"])
+        hdr.merge_encoded(self.session, row["session_hdr"])
+        if row["phase"] == "hold":
+            self.hold_received += row["msgs_received"]
+            self.hold_rows += 1
+            ts = row["ts"]
+            self.hold_span = [min(self.hold_span[0], ts), max(self.hold_span[1], ts)] if self.hold_span else [ts, ts]
+        self.first_ts = row["ts"] if self.first_ts is None else min(self.first_ts, row["ts"])
+        self.last_ts = row["ts"] if self.last_ts is None else max(self.last_ts, row["ts"])
+        self.peak_active[row["worker"]] = max(self.peak_active.get(row["worker"], 0), row["active"])
+
+
+def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> dict:
+    c = totals.counts
+    failed = sum(v for k, v in c.items() if k.startswith("fail_"))
+    attempted = c["connects_ok"] + failed
+    offered = c["msgs_sent"] + c["msgs_send_failed"]
+    duration = max(1e-9, (facts["ended_at"] - facts["started_at"]))
+    hold_seconds = totals.hold_rows / max(1, plan.workers)
+    throughput = (totals.hold_received / hold_seconds) if hold_seconds >= 1 else c["msgs_received"] / duration
+    connect = hdr.percentiles_ms(totals.connect)
+    latency = hdr.percentiles_ms(totals.latency)
+    session = hdr.percentiles_ms(totals.session)
+    metrics = {
+        "connection_success_rate": c["connects_ok"] / attempted if attempted else None,
+        "connect_p95_ms": connect["p95"],
+        "message_p99_ms": latency["p99"],
+        "message_success_rate": c["msgs_received"] / offered if offered else None,
+        "session_p95_s": session["p95"] / 1000 if session["p95"] is not None else None,
+        "throughput_per_s": throughput if c["msgs_sent"] else None,
+    }
+    metrics.update(gateway_scrape.gateway_figures(
+        gateway_rows, tuple(totals.hold_span) if totals.hold_span else None))
+    rows, passed = crit.evaluate(plan.criteria, metrics)
+    return {
+        "scenario": plan.scenario,
+        "agent": plan.agent_id,
+        "version": __version__,
+        "started_at": facts["started_at"],
+        "ended_at": facts["ended_at"],
+        "planned_start_at": plan.start_at,
+        "start_skew_ms": facts["start_skew_ms"],
+        "plan": {"stages": [str(s) for s in plan.profile.stages], "peak_connections": plan.profile.peak,
+                 "rate_per_user": plan.rate, "message_size": plan.message_size, "mode": plan.mode,
+                 "endpoints": [f"{h}:{p}" for h, p in plan.endpoints], "workers": plan.workers,
+                 "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_per_s},
+        "connections": {"attempted": attempted, "established": c["connects_ok"], "failed": failed,
+                        "success_rate": metrics["connection_success_rate"],
+                        "failed_by_reason": {k[5:]: v for k, v in c.items() if k.startswith("fail_") and v},
+                        "disconnects": c["disconnects"], "peak_active": sum(totals.peak_active.values())},
+        "connect_ms": connect,
+        "messages": {"sent": c["msgs_sent"], "received": c["msgs_received"], "acked": c["msgs_acked"],
+                     "errors": c["msgs_errors"] + c["msgs_send_failed"], "error_frames": c["msgs_errors"],
+                     "send_failed": c["msgs_send_failed"], "skipped": c["msgs_skipped"],
+                     "lost": max(0, c["msgs_sent"] - c["msgs_received"] - c["msgs_errors"]),
+                     "success_rate": metrics["message_success_rate"], "throughput_per_s": metrics["throughput_per_s"]},
+        "latency_ms": latency,
+        "session_s": {k: (v / 1000 if isinstance(v, float) else v) for k, v in session.items()},
+        "gateway": {k: v for k, v in metrics.items() if k.startswith("gateway_")},
+        "histograms": {"latency": hdr.encode(totals.latency), "connect": hdr.encode(totals.connect),
+                       "session": hdr.encode(totals.session)},
+        "criteria": rows,
+        "passed": passed,
+        "complete": facts["complete"],
+        "workers_dead": facts["workers_dead"],
+        "stopped_by": facts["stopped_by"],
+    }
+
+
+def _fmt(v, unit="ms"):
+    return "n/a" if v is None else f"{v:.2f}{unit}"
+
+
+def print_summary(s: dict, out=sys.stdout) -> None:
+    title = f"{s['scenario'].capitalize()} Load Test Summary"
+    c, m, lat, con = s["connections"], s["messages"], s["latency_ms"], s["connect_ms"]
+    rate = lambda r: "n/a" if r is None else f"{r * 100:.2f}%"  # noqa: E731
+    lines = [title, "=" * len(title), "", "Connections:", f"  Total Attempts: {c['attempted']}",
+             f"  Success Rate: {rate(c['success_rate'])}", f"  Errors: {c['failed']}"
+             + (f"  ({', '.join(f'{k}={v}' for k, v in c['failed_by_reason'].items())})" if c["failed_by_reason"] else ""),
+             f"  Disconnects: {c['disconnects']}", "", "Connection Duration:",
+             f"  Min: {_fmt(con['min'])}", f"  Avg: {_fmt(con['mean'])}", f"  P95: {_fmt(con['p95'])}",
+             f"  Max: {_fmt(con['max'])}", "", "Messages:", f"  Sent: {m['sent']}", f"  Received: {m['received']}",
+             f"  Errors: {m['errors']}",
+             f"  Throughput: {_fmt(m['throughput_per_s'], '')} msg/sec",
+             "", "Message Latency (from scheduled send time):", f"  Min: {_fmt(lat['min'])}", f"  Avg: {_fmt(lat['mean'])}",
+             f"  P50: {_fmt(lat['p50'])}", f"  P95: {_fmt(lat['p95'])}", f"  P99: {_fmt(lat['p99'])}",
+             f"  Max: {_fmt(lat['max'])}", "", "Success Rate:", f"  Message Success: {rate(m['success_rate'])}", "",
+             "Criteria:"]
+    for r in s["criteria"]:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[r["passed"]]
+        actual = "not measured" if r["actual"] is None else f"{r['actual']:.4g}"
+        lines.append(f"  [{mark}] {r['label']}: {actual} (target {r['op']} {r['target']:g})")
+    verdict = "PASSED" if s["passed"] else "FAILED"
+    if not s["complete"]:
+        verdict += f" (INCOMPLETE: {s['stopped_by'] or 'workers died'})"
+    lines += ["", f"Result: {verdict}"]
+    print("\n".join(lines), file=out)
+
+
+class Agent:
+    def __init__(self, plan) -> None:
+        self.plan = plan
+        self.out = plan.out_dir
+        self.stop_reason = None
+        self.gateway_rows: list[dict] = []
+
+    def _signal(self, signum, _frame) -> None:
+        self.stop_reason = self.stop_reason or signal.Signals(signum).name
+
+    def _deadman_expired(self) -> bool:
+        path = self.plan.heartbeat_file
+        if not path:
+            return False
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except OSError:
+            age = float("inf")
+        return age > self.plan.deadman_s
+
+    def _write_status(self, state: str, totals: Totals, alive: int) -> None:
+        c = totals.counts
+        status = {"state": state, "pid": os.getpid(), "updated": time.time(), "workers_alive": alive,
+                  "active": self._active, "sent": c["msgs_sent"], "received": c["msgs_received"],
+                  "errors": c["msgs_errors"] + c["msgs_send_failed"],
+                  "connect_failed": sum(v for k, v in c.items() if k.startswith("fail_")),
+                  "p99_ms": hdr.percentiles_ms(totals.latency)["p99"], "stopped_by": self.stop_reason}
+        tmp = os.path.join(self.out, ".status.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, os.path.join(self.out, "status.json"))
+
+    def run(self) -> int:
+        plan = self.plan
+        prepare_out_dir(self.out)
+        preflight(plan)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._signal)
+        ctx = multiprocessing.get_context("fork")
+        procs, pipes = [], {}
+        for i in range(plan.workers):
+            if plan.profile.share(i, plan.workers) is None:
+                continue
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=worker_main, args=(plan, i, child_end), name=f"loadgen-worker-{i}", daemon=True)
+            p.start()
+            child_end.close()
+            procs.append(p)
+            pipes[parent_end] = p
+        csv_file = open(os.path.join(self.out, "timeseries.csv"), "w", newline="")
+        writer = csv.DictWriter(csv_file, fieldnames=COLUMNS)
+        writer.writeheader()
+        gw_file = gw_writer = scraper = None
+        if plan.gateway_metrics:
+            gw_file = open(os.path.join(self.out, "gateway_metrics.csv"), "w", newline="")
+            gw_writer = csv.DictWriter(gw_file, fieldnames=gateway_scrape.COLUMNS)
+            gw_writer.writeheader()
+            scraper = gateway_scrape.Scraper(plan.gateway_metrics, self.gateway_rows.append)
+            scraper.start()
+        totals = Totals()
+        starts, done, dead, errors = {}, set(), set(), []
+        self._active = 0
+        active_by_worker: dict[int, int] = {}
+        start_at = plan.start_at or time.time()
+        hard_deadline = start_at + plan.profile.total_s + plan.drain_s + 30 + plan.workers
+        progress = Progress(plan, sys.stderr)
+        written_gw = 0
+        stopped_sent = False
+        last_flush = 0.0
+        try:
+            while pipes:
+                for conn in wait(list(pipes), timeout=0.25):
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        proc = pipes.pop(conn)
+                        proc.join(1)
+                        idx = int(proc.name.rsplit("-", 1)[1])
+                        if idx not in done:
+                            dead.add(idx)
+                        continue
+                    kind = msg[0]
+                    if kind == "row":
+                        row = msg[1]
+                        writer.writerow(row)
+                        totals.add(row)
+                        active_by_worker[row["worker"]] = row["active"]
+                        self._active = sum(active_by_worker.values())
+                    elif kind == "started":
+                        starts[msg[1]] = msg[2]
+                    elif kind == "done":
+                        done.add(msg[1])
+                    elif kind == "error":
+                        errors.append(msg[2])
+                now = time.time()
+                if now - last_flush >= 1.0:  # at most the last second is lost if we are killed
+                    csv_file.flush()
+                    if gw_writer is not None:
+                        for r in self.gateway_rows[written_gw:]:
+                            gw_writer.writerow(r)
+                        written_gw = len(self.gateway_rows)
+                        gw_file.flush()
+                    self._write_status("running" if starts else "waiting", totals, len(pipes))
+                    progress.show(totals, self._active, now - start_at)
+                    last_flush = now
+                    if self.stop_reason is None and self._deadman_expired():
+                        self.stop_reason = "deadman"
+                    if self.stop_reason is None and now > hard_deadline:
+                        self.stop_reason = "deadline"
+                if self.stop_reason and not stopped_sent:
+                    for p in procs:
+                        if p.is_alive():
+                            os.kill(p.pid, signal.SIGTERM)
+                    stopped_sent = True
+                    stop_deadline = now + plan.drain_s + 5
+                if stopped_sent and now > stop_deadline:
+                    for conn, p in list(pipes.items()):
+                        if p.is_alive():
+                            p.kill()
+                        pipes.pop(conn)
+                        dead.add(int(p.name.rsplit("-", 1)[1]))
+        finally:
+            if scraper is not None:
+                scraper.halt.set()
+                scraper.join(3)
+                for r in self.gateway_rows[written_gw:]:
+                    gw_writer.writerow(r)
+                gw_file.close()
+            csv_file.close()
+            progress.end()
+        ended = time.time()
+        started = min(starts.values()) if starts else start_at
+        facts = {"started_at": started, "ended_at": ended,
+                 "start_skew_ms": {str(i): round((t - start_at) * 1000, 3) for i, t in sorted(starts.items())},
+                 "complete": not dead and self.stop_reason is None, "workers_dead": sorted(dead),
+                 "stopped_by": self.stop_reason}
+        summary = summarize(plan, totals, facts, self.gateway_rows)
+        if errors:
+            summary["worker_errors"] = errors
+        tmp = os.path.join(self.out, ".summary.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(self.out, "summary.json"))
+        self._write_status("done", totals, 0)
+        if not plan.quiet:
+            print_summary(summary)
+            print(f"\nResults: {os.path.abspath(self.out)}")
+        if dead or errors:
+            print(f"loadgen: error: {len(dead)} worker(s) died: {'; '.join(errors) or 'killed'}", file=sys.stderr)
+            return EXIT_FAILURE
+        return EXIT_OK if summary["passed"] else EXIT_CRITERIA
+
+
+class Progress:
+    """A live line on a terminal; nothing when stderr is not a TTY."""
+
+    def __init__(self, plan, stream) -> None:
+        self.enabled = stream.isatty() and not plan.quiet
+        self.stream = stream
+        self.total = plan.profile.total_s
+        self.last_received = 0
+        self.last_t = None
+
+    def show(self, totals: Totals, active: int, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        c = totals.counts
+        rate = 0.0
+        if self.last_t is not None and elapsed > self.last_t:
+            rate = (c["msgs_received"] - self.last_received) / (elapsed - self.last_t)
+        self.last_received, self.last_t = c["msgs_received"], elapsed
+        p99 = hdr.percentiles_ms(totals.latency)["p99"]
+        failed = sum(v for k, v in c.items() if k.startswith("fail_"))
+        text = (f"\r[{max(0.0, elapsed):6.0f}/{self.total:.0f}s] conns {active:>7,}  fail {failed:,}  "
+                f"msgs/s {rate:>8,.0f}  errors {c['msgs_errors'] + c['msgs_send_failed']:,}  "
+                f"p99 {'-' if p99 is None else f'{p99:.1f}ms'}   ")
+        self.stream.write(text)
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")

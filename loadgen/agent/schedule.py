@@ -1,0 +1,60 @@
+"""Open-model send schedule, apart from I/O.
+
+Each active user sends at a fixed rate on its own phase. A send's scheduled time is fixed when the
+schedule is made, not when the event loop gets round to it: latency is measured from the scheduled
+time, so a late loop or a slow gateway shows up as latency instead of silently lowering the offered
+load (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+
+class OpenSchedule:
+    """Due times for many users at `rate` sends per second each, in one heap.
+
+    Removing a user is lazy: its heap entry is skipped when popped (generation check), so add and
+    remove are O(log n) and idle users cost one tuple each.
+    """
+
+    def __init__(self, rate_per_s: float, rng: random.Random | None = None) -> None:
+        self.period_ns = int(1e9 / rate_per_s) if rate_per_s > 0 else 0
+        self._heap: list[tuple[int, int, int]] = []  # (due_ns, user, generation)
+        self._generation: dict[int, int] = {}
+        self._rng = rng or random.Random()
+
+    def __len__(self) -> int:
+        return len(self._generation)
+
+    def add(self, user: int, now_ns: int) -> None:
+        """Start sending for `user`: first send at a random phase within one period."""
+        if not self.period_ns:
+            return
+        gen = self._generation.get(user, -1) + 1
+        self._generation[user] = gen
+        first = now_ns + int(self._rng.random() * self.period_ns)
+        heapq.heappush(self._heap, (first, user, gen))
+
+    def remove(self, user: int) -> None:
+        self._generation.pop(user, None)
+
+    def next_due_ns(self) -> int | None:
+        heap = self._heap
+        while heap and self._generation.get(heap[0][1]) != heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def due(self, now_ns: int, limit: int = 1 << 30):
+        """Yield (user, scheduled_ns) for every send due by now_ns, each at its own scheduled time."""
+        heap, generation, period = self._heap, self._generation, self.period_ns
+        n = 0
+        while heap and heap[0][0] <= now_ns and n < limit:
+            due_ns, user, gen = heap[0]
+            if generation.get(user) != gen:
+                heapq.heappop(heap)
+                continue
+            heapq.heapreplace(heap, (due_ns + period, user, gen))
+            n += 1
+            yield user, due_ns

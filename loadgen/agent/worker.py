@@ -1,0 +1,372 @@
+"""One agent worker: a process with its own event loop holding its share of the connections.
+
+Connections are picows listeners (callbacks, no task per idle connection). The control loop
+keeps the open count on the profile's target, fires scheduled sends and heartbeats, and every
+second hands the parent one CSV row (counters + interval histograms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import heapq
+import os
+import random
+import re
+import signal
+import time
+
+from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
+
+from loadgen.agent import frames
+from loadgen.agent import histogram as hdr
+from loadgen.agent.interval import Interval
+from loadgen.agent.schedule import OpenSchedule
+
+IDLE, CONNECTING, OPEN, DOWN = 0, 1, 2, 3
+TICK_S = 0.05  # control loop granularity; sends use their own scheduled times regardless
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
+
+
+def backoff_s(failures: int, rng: random.Random) -> float:
+    """Full-jitter exponential backoff, so a dropped gateway is not hit by a synchronized storm."""
+    return rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(failures, 16))))
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, WSHandshakeError):
+        status = getattr(getattr(exc, "response", None), "status", None)
+        status = int(status) if status is not None else None
+        return "auth" if status in (401, 403) else "rejected" if status else "reset"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError, ConnectionAbortedError)):
+        return "reset"
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
+            return "no_ports"
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return "fd_limit"
+        if exc.errno in (errno.ECONNREFUSED,):
+            return "refused"
+        if exc.errno in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "timeout"
+    return "other"
+
+
+class Conn(WSListener):
+    __slots__ = ("w", "slot", "transport", "established_ns", "planned")
+
+    def __init__(self, worker: "Worker", slot: int) -> None:
+        super().__init__()
+        self.w = worker
+        self.slot = slot
+        self.transport = None
+        self.established_ns = 0
+        self.planned = False
+
+    def on_ws_connected(self, transport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport, frame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT:
+            self.w.on_text(frame.get_payload_as_bytes())
+        elif kind == WSMsgType.CLOSE:
+            self.w.server_closed(self)
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport) -> None:
+        self.w.on_disconnected(self)
+
+
+class Worker:
+    def __init__(self, plan, index: int, send_to_parent) -> None:
+        self.plan = plan
+        self.index = index
+        self.emit = send_to_parent
+        self.profile = plan.profile.share(index, plan.workers)
+        n = self.profile.peak
+        self.n = n
+        self.rng = random.Random(os.getpid())
+        agent = re.sub(r"[^A-Za-z0-9_.:-]", "_", plan.agent_id)[:60]
+        self.uids = [f"{agent}-{index}-{s}".encode() for s in range(n)]
+        eps = plan.endpoints
+        ips = plan.local_ips or [None]
+        self.urls = [f"ws://{eps[(s + index) % len(eps)][0]}:{eps[(s + index) % len(eps)][1]}{plan.path}?user="
+                     f"{self.uids[s].decode()}" for s in range(n)]
+        self.local_ips = [ips[(s // len(eps)) % len(ips)] for s in range(n)]
+        self.headers = {"Authorization": f"Bearer {plan.token}"}
+        self.state = bytearray(n)
+        self.conns: list[Conn | None] = [None] * n
+        self.failures = bytearray(n)
+        self.retry_at = [0] * n  # monotonic ns before which a DOWN slot is not retried
+        self.idle: list[int] = []  # heap of IDLE slots below high-water mark
+        self.high = 0
+        self.down: set[int] = set()
+        self.active = 0
+        self.connecting = 0
+        self.body = frames.make_body(plan.message_size)
+        self.sends = OpenSchedule(plan.rate, self.rng)
+        self.beats = OpenSchedule(1.0 / plan.heartbeat_s, self.rng)
+        self.seq = 0
+        self.iv = Interval()
+        self.stopping = False
+        self.sending = True
+        self.totals_sent = 0
+        self.totals_received = 0
+        self.totals_errors = 0
+
+    # --- receive path (called by picows) -----------------------------------------------------------
+    def on_text(self, payload: bytes) -> None:
+        iv = self.iv
+        iv.bytes_received += len(payload)
+        kind, ts = frames.classify(payload)
+        if kind == frames.MSG or kind == frames.ECHO:
+            iv.msgs_received += 1
+            self.totals_received += 1
+            if ts is not None:
+                hdr.record_us(iv.latency, (time.monotonic_ns() - ts) // 1000)
+        elif kind == frames.ACK:
+            iv.msgs_acked += 1
+        elif kind == frames.PONG:
+            iv.pongs += 1
+        elif kind == frames.ERROR:
+            iv.msgs_errors += 1
+            self.totals_errors += 1
+
+    def server_closed(self, conn: Conn) -> None:
+        pass  # the disconnect that follows is counted in on_disconnected
+
+    def on_disconnected(self, conn: Conn) -> None:
+        slot = conn.slot
+        if self.conns[slot] is not conn or self.state[slot] != OPEN:
+            return
+        now = time.monotonic_ns()
+        self.conns[slot] = None
+        self.active -= 1
+        hdr.record_us(self.iv.session, (now - conn.established_ns) // 1000)
+        self.beats.remove(slot)
+        if conn.planned:
+            self.iv.closes += 1
+            self.state[slot] = IDLE
+            self.sends.remove(slot)
+            heapq.heappush(self.idle, slot)
+        else:  # the gateway or the network dropped it: sends keep coming due and count as failed
+            self.iv.disconnects += 1
+            self.state[slot] = DOWN
+            self.failures[slot] = min(self.failures[slot] + 1, 255)
+            self.retry_at[slot] = now + int(backoff_s(self.failures[slot], self.rng) * 1e9)
+            self.down.add(slot)
+
+    # --- connection management ---------------------------------------------------------------------
+    async def _open(self, slot: int) -> None:
+        start = time.monotonic_ns()
+        ip = self.local_ips[slot]
+        try:
+            transport, conn = await asyncio.wait_for(
+                ws_connect(lambda: Conn(self, slot), self.urls[slot], extra_headers=self.headers,
+                           websocket_handshake_timeout=self.plan.connect_timeout_s,
+                           local_addr=(ip, 0) if ip else None, logger_name=None),
+                self.plan.connect_timeout_s)
+        except Exception as exc:  # every failure is a measured outcome, never a crash
+            self.connecting -= 1
+            self.iv.fail(classify_connect_error(exc))
+            self.failures[slot] = min(self.failures[slot] + 1, 255)
+            self.state[slot] = DOWN
+            self.retry_at[slot] = time.monotonic_ns() + int(backoff_s(self.failures[slot], self.rng) * 1e9)
+            self.down.add(slot)
+            return
+        now = time.monotonic_ns()
+        self.connecting -= 1
+        if transport.is_disconnected:
+            self.iv.fail("reset")
+            self.state[slot] = DOWN
+            self.down.add(slot)
+            return
+        conn.established_ns = now
+        self.conns[slot] = conn
+        self.state[slot] = OPEN
+        self.failures[slot] = 0
+        self.active += 1
+        self.iv.connects_ok += 1
+        hdr.record_us(self.iv.connect, (now - start) // 1000)
+        if slot not in self.sends._generation and self.sending:
+            self.sends.add(slot, now)
+        self.beats.add(slot, now)
+        if self.stopping:
+            self._close(slot)
+
+    def _close(self, slot: int) -> None:
+        conn = self.conns[slot]
+        if conn is None or conn.transport is None:
+            return
+        conn.planned = True
+        try:
+            conn.transport.send_close(WSCloseCode.OK)
+        finally:
+            conn.transport.disconnect()
+
+    def adjust(self, target: int, now_ns: int) -> None:
+        busy = self.active + self.connecting + len(self.down)
+        loop = asyncio.get_running_loop()
+        if busy < target or self.down:
+            budget = self.plan.max_connecting - self.connecting
+            # reconnect dropped slots first (after their backoff), then open new ones, lowest first
+            for slot in [s for s in self.down if self.retry_at[s] <= now_ns][:max(budget, 0)]:
+                self.down.discard(slot)
+                self.state[slot] = CONNECTING
+                self.connecting += 1
+                budget -= 1
+                loop.create_task(self._open(slot))
+            want = min(target - (self.active + self.connecting + len(self.down)), budget)
+            for _ in range(max(want, 0)):
+                if self.idle:
+                    slot = heapq.heappop(self.idle)
+                elif self.high < self.n:
+                    slot = self.high
+                    self.high += 1
+                else:
+                    break
+                self.state[slot] = CONNECTING
+                self.connecting += 1
+                loop.create_task(self._open(slot))
+        excess = self.active + self.connecting + len(self.down) - target
+        if excess > 0:
+            # planned closes are LIFO (newest slot first); down slots are simply given up
+            for slot in sorted(self.down, reverse=True)[:excess]:
+                self.down.discard(slot)
+                self.state[slot] = IDLE
+                self.sends.remove(slot)
+                heapq.heappush(self.idle, slot)
+                excess -= 1
+            slot = self.high - 1
+            while excess > 0 and slot >= 0:
+                if self.state[slot] == OPEN and not self.conns[slot].planned:
+                    self._close(slot)
+                    excess -= 1
+                slot -= 1
+
+    # --- send path ---------------------------------------------------------------------------------
+    def fire_sends(self, now_ns: int) -> None:
+        iv, state, conns, body = self.iv, self.state, self.conns, self.body
+        peer_mode = self.plan.mode == "peer"
+        n = self.n
+        for slot, scheduled in self.sends.due(now_ns):
+            if state[slot] != OPEN:
+                iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
+                continue
+            self.seq += 1
+            if peer_mode:
+                peer = slot ^ 1 if (slot ^ 1) < n else slot
+                if state[peer] != OPEN:
+                    iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
+                    continue
+                data = frames.send_frame(self.uids[peer], self.seq, scheduled, body)
+            else:
+                data = frames.echo_frame(self.seq, scheduled, body)
+            conns[slot].transport.send(WSMsgType.TEXT, data)
+            iv.msgs_sent += 1
+            iv.bytes_sent += len(data)
+            self.totals_sent += 1
+        for slot, _ in self.beats.due(now_ns):
+            if state[slot] == OPEN:
+                conns[slot].transport.send(WSMsgType.TEXT, frames.ping_frame(now_ns))
+                iv.pings += 1
+
+    # --- the run -----------------------------------------------------------------------------------
+    def flush(self, t0_ns: int, phase: str, target: int) -> None:
+        now = time.time()
+        elapsed = (time.monotonic_ns() - t0_ns) / 1e9
+        row = self.iv.row(ts=round(now, 3), agent=self.plan.agent_id, worker=self.index,
+                          elapsed_s=round(elapsed, 3), phase=phase, target=target,
+                          active=self.active, connecting=self.connecting)
+        self.iv.reset()
+        self.emit(("row", row))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop)
+        parent = os.getppid()
+        if self.plan.start_at:
+            delay = self.plan.start_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        started = time.time()
+        self.emit(("started", self.index, started))
+        t0 = time.monotonic_ns()
+        next_flush = t0 + 1_000_000_000
+        profile = self.profile
+        phase, target = "ramp-up", 0
+        while not self.stopping:
+            now = time.monotonic_ns()
+            elapsed = (now - t0) / 1e9
+            if elapsed >= profile.total_s:
+                break
+            target = profile.target_at(elapsed)
+            phase = profile.phase_at(elapsed)
+            self.adjust(target, now)
+            self.fire_sends(now)
+            if now >= next_flush:
+                self.flush(t0, phase, target)
+                next_flush += 1_000_000_000
+                if os.getppid() != parent:
+                    self.stopping = True  # the agent process died: never run load unattended
+            nxt = min(next_flush, now + int(TICK_S * 1e9))
+            due = self.sends.next_due_ns()
+            if due is not None:
+                nxt = min(nxt, due)
+            await asyncio.sleep(max(0.0, (nxt - time.monotonic_ns()) / 1e9))
+        # drain: no new sends; wait for in-flight messages, then close everything as planned
+        self.sending = False
+        self.sends = OpenSchedule(0)
+        deadline = time.monotonic_ns() + int(self.plan.drain_s * 1e9)
+        while (self.totals_received + self.totals_errors < self.totals_sent
+               and time.monotonic_ns() < deadline and self.active):
+            await asyncio.sleep(0.02)
+            if time.monotonic_ns() >= next_flush:
+                self.flush(t0, "drain", 0)
+                next_flush += 1_000_000_000
+        self.stopping = True
+        for slot in range(self.high):
+            if self.state[slot] == OPEN:
+                self._close(slot)
+        close_deadline = time.monotonic_ns() + 2_000_000_000
+        while (self.active or self.connecting) and time.monotonic_ns() < close_deadline:
+            await asyncio.sleep(0.02)
+        for slot in range(self.high):  # sessions of connections that did not close in time
+            conn = self.conns[slot]
+            if self.state[slot] == OPEN and conn is not None:
+                conn.planned = True
+                self.on_disconnected(conn)
+        self.flush(t0, "drain", 0)
+        self.emit(("done", self.index))
+
+    def _stop(self) -> None:
+        self.stopping = True
+
+
+def worker_main(plan, index: int, conn) -> None:
+    """Entry point of a worker process; `conn` is its pipe to the agent process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent process decides when workers stop
+
+    def emit(msg) -> None:
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, OSError):
+            os._exit(3)  # the agent process is gone: stop the load at once
+
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(Worker(plan, index, emit).run())
+    except Exception as exc:
+        emit(("error", index, f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1)

@@ -1,0 +1,131 @@
+"""`loadgen` command line: `run` (the agent), `gateway` (the reference IM gateway).
+
+Every expected failure ends with one line on stderr and a defined exit code (loadgen.errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from loadgen import __version__
+from loadgen.errors import EXIT_FAILURE, EXIT_USAGE, LoadgenError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a load scenario (connection, throughput, cluster)",
+                       description="Run one agent: open connections per the plan, send on schedule, measure.")
+    p.add_argument("scenario", help="connection | throughput | cluster")
+    p.add_argument("--vus", help="connections (virtual users) held constant for --duration")
+    p.add_argument("--duration", help="how long to hold --vus (e.g. 30s, 10m, 1h)")
+    p.add_argument("--stage", action="append", metavar="DURATION:TARGET",
+                   help="ramp to TARGET connections over DURATION; repeatable (k6 semantics)")
+    p.add_argument("--rate", type=float, help="messages per second per connected user")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="GATEWAY_HOST, GATEWAY_PORT, GATEWAY_HOSTS, MESSAGE_SIZE (AUTH_TOKEN too, but it shows in ps)")
+    p.add_argument("--gateways", metavar="HOST:PORT,...", help="gateway endpoints to spread connections over")
+    p.add_argument("--out", help="output directory (default: ./loadgen-out/SCENARIO-TIME)")
+    p.add_argument("--start-at", type=float, metavar="EPOCH_SECONDS", help="wait until then, then start (lockstep)")
+    p.add_argument("--workers", help="worker processes, or 'auto' (default: one per core, more if fds require)")
+    p.add_argument("--local-ips", help="source addresses: list, range a-b or CIDR")
+    p.add_argument("--agent-id", help="name of this agent in results and user ids (default: hostname)")
+    p.add_argument("--token-file", help="read AUTH_TOKEN from this file (mode 600)")
+    p.add_argument("--heartbeat-interval", default="30s", help="application ping per connection (default 30s)")
+    p.add_argument("--connect-timeout", default="10s", help="TCP + WebSocket handshake timeout (default 10s)")
+    p.add_argument("--max-connecting", default="256", help="concurrent handshakes per worker (default 256)")
+    p.add_argument("--criterion", action="append", metavar="NAME<VALUE",
+                   help="override a success criterion (e.g. message_p99_ms<100, or NAME=off)")
+    p.add_argument("--gateway-metrics", action="append", metavar="URL",
+                   help="sample a gateway's /metrics every second (memory, CPU criteria)")
+    p.add_argument("--heartbeat-file", help="controller heartbeat: stop the load when it goes stale")
+    p.add_argument("--deadman-timeout", default="60s", help="staleness that stops the load (default 60s)")
+    p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")
+
+
+def _gateway_parser(sub) -> None:
+    p = sub.add_parser("gateway", help="run the reference IM gateway",
+                       description="The reference IM gateway (docs/protocol.md). Token from AUTH_TOKEN or --token-file.")
+    p.add_argument("--host", default="127.0.0.1", help="WebSocket listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics listen address (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=9090)
+    p.add_argument("--config", help="config.yaml (server.*, websocket.*, limits.*, connection_pool.*)")
+    p.add_argument("--node-id", default=None, help="this node's name (default: hostname:port)")
+    p.add_argument("--token-file", help="read the token from this file (mode 600)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _cmd_run(args) -> int:
+    from loadgen.agent.runner import Agent
+    from loadgen.plan.options import build_plan
+
+    if any(e.startswith("AUTH_TOKEN=") for e in args.env):
+        print("loadgen: warning: -e AUTH_TOKEN=... is visible in ps; prefer the environment or --token-file",
+              file=sys.stderr)
+    if not args.out:
+        import time
+
+        args.out = os.path.join("loadgen-out", f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}")
+    plan = build_plan(args)
+    return Agent(plan).run()
+
+
+def _cmd_gateway(args) -> int:
+    import asyncio
+    import socket
+
+    from loadgen.gateway.config import load_config
+    from loadgen.gateway.server import serve
+    from loadgen.plan.options import fd_limit, read_token_file
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    token = read_token_file(args.token_file) if args.token_file else os.environ.get("AUTH_TOKEN")
+    if not token:
+        raise UsageError("no token: set AUTH_TOKEN in the environment or give --token-file (mode 600)")
+    for name, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if not 0 < port < 65536:
+            raise UsageError(f"{name} must be 1-65535")
+    config = load_config(args.config)
+    fd_limit()
+    node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(config, token, host=args.host, port=args.port, metrics_host=args.metrics_host,
+                     metrics_port=args.metrics_port, node_id=node_id))
+    except OSError as exc:
+        raise LoadgenError(f"gateway cannot listen: {exc.strerror or exc}") from None
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="loadgen", description="Cluster-scale WebSocket IM gateway load testing.")
+    parser.add_argument("--version", action="version", version=f"loadgen {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _run_parser(sub)
+    _gateway_parser(sub)
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "gateway":
+            return _cmd_gateway(args)
+        parser.print_help()
+        return EXIT_USAGE
+    except LoadgenError as exc:
+        print(f"loadgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("loadgen: interrupted", file=sys.stderr)
+        return EXIT_FAILURE

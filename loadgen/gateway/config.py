@@ -1,0 +1,73 @@
+"""config.yaml of the gateway (the spec's keys), validated with one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from loadgen.errors import UsageError
+from loadgen.plan.stages import parse_duration
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    max_connections: int = 100_000
+    read_buffer_size: int = 4096
+    write_buffer_size: int = 4096
+    handshake_timeout_s: float = 10.0
+    read_timeout_s: float = 90.0  # no frame (or pong) for this long: the connection is half-open
+    write_timeout_s: float = 10.0  # a peer that stops reading for this long is dropped
+    max_message_size: int = 65536
+    max_frames_per_s: float = 200.0  # per connection; above the burst it is a flood
+    flood_burst: float = 400.0
+    max_bad_frames_per_min: int = 20
+    max_idle_conns: int = 1000  # connection_pool: for the registry/router backends (cluster mode)
+    max_open_conns: int = 10000
+
+
+_KEYS = {
+    ("server", "max_connections"): ("max_connections", int),
+    ("server", "read_buffer_size"): ("read_buffer_size", int),
+    ("server", "write_buffer_size"): ("write_buffer_size", int),
+    ("server", "max_message_size"): ("max_message_size", int),
+    ("websocket", "handshake_timeout"): ("handshake_timeout_s", "duration"),
+    ("websocket", "read_timeout"): ("read_timeout_s", "duration"),
+    ("websocket", "write_timeout"): ("write_timeout_s", "duration"),
+    ("limits", "max_frames_per_s"): ("max_frames_per_s", float),
+    ("limits", "flood_burst"): ("flood_burst", float),
+    ("limits", "max_bad_frames_per_min"): ("max_bad_frames_per_min", int),
+    ("connection_pool", "max_idle_conns"): ("max_idle_conns", int),
+    ("connection_pool", "max_open_conns"): ("max_open_conns", int),
+}
+
+
+def load_config(path: str | None) -> GatewayConfig:
+    if not path:
+        return GatewayConfig()
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise UsageError(f"config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"config {path}: top level must be a mapping")
+    values = {}
+    for section, body in doc.items():
+        if not isinstance(body, dict):
+            raise UsageError(f"config {path}: {section} must be a mapping")
+        for key, raw in body.items():
+            spec = _KEYS.get((section, key))
+            if spec is None:
+                raise UsageError(f"config {path}: unknown key {section}.{key}")
+            name, kind = spec
+            try:
+                value = parse_duration(raw, f"{section}.{key}") if kind == "duration" else kind(raw)
+            except (TypeError, ValueError):
+                raise UsageError(f"config {path}: {section}.{key} = {raw!r} is not a {kind.__name__}") from None
+            if value <= 0:
+                raise UsageError(f"config {path}: {section}.{key} must be positive")
+            values[name] = value
+    return GatewayConfig(**values)

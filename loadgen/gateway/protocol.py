@@ -1,0 +1,96 @@
+"""The gateway's wire protocol, apart from any I/O: parse client frames, build server frames.
+
+Every client frame is a JSON object in a text frame (docs/protocol.md). `parse_client_frame`
+never raises on hostile input: it returns a Command or a ProtocolError with the error kind that
+the gateway counts in im_gateway_errors_total{kind=...}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+USER_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+COMMANDS = ("send", "echo", "ping")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    type: str  # one of COMMANDS
+    to: str | None = None
+    id: str | int | None = None
+    ts: int | float | None = None
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    kind: str  # counted: malformed | bad_field | unknown_type
+    detail: str
+    id: str | int | None = None
+
+
+def valid_user_id(value) -> bool:
+    return isinstance(value, str) and USER_ID.fullmatch(value) is not None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_client_frame(payload: bytes | str) -> Command | ProtocolError:
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ProtocolError("malformed", "not valid JSON")
+    if not isinstance(obj, dict):
+        return ProtocolError("malformed", "frame must be a JSON object")
+    msg_id = obj.get("id")
+    if msg_id is not None and not (isinstance(msg_id, str) or (isinstance(msg_id, int) and not isinstance(msg_id, bool))):
+        return ProtocolError("bad_field", "id must be a string or an integer")
+    kind = obj.get("type")
+    if kind not in COMMANDS:
+        return ProtocolError("unknown_type", f"unknown type {str(kind)[:40]!r}", msg_id)
+    ts = obj.get("ts")
+    if ts is not None and not _is_number(ts):
+        return ProtocolError("bad_field", "ts must be a number", msg_id)
+    body = obj.get("body", "")
+    if not isinstance(body, str):
+        return ProtocolError("bad_field", "body must be a string", msg_id)
+    if kind == "ping":
+        return Command("ping", ts=ts)
+    if msg_id is None:
+        return ProtocolError("bad_field", f"{kind} needs an id", None)
+    if kind == "echo":
+        return Command("echo", id=msg_id, ts=ts, body=body)
+    to = obj.get("to")
+    if not valid_user_id(to):
+        return ProtocolError("bad_field", "to must be a user id", msg_id)
+    return Command("send", to=to, id=msg_id, ts=ts, body=body)
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def deliver_frame(sender: str, cmd: Command) -> bytes:
+    """What the recipient gets: sender id, message id and timestamp exactly as sent."""
+    return _dumps({"type": "msg", "from": sender, "id": cmd.id, "ts": cmd.ts, "body": cmd.body})
+
+
+def ack_frame(cmd: Command) -> bytes:
+    return _dumps({"type": "ack", "id": cmd.id})
+
+
+def echo_frame(cmd: Command) -> bytes:
+    return _dumps({"type": "echo", "id": cmd.id, "ts": cmd.ts, "body": cmd.body})
+
+
+def pong_frame(cmd: Command) -> bytes:
+    return _dumps({"type": "pong", "ts": cmd.ts})
+
+
+def error_frame(code: str, detail: str, msg_id=None) -> bytes:
+    return _dumps({"type": "error", "code": code, "detail": detail, "id": msg_id})

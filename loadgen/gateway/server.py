@@ -1,0 +1,227 @@
+"""The reference gateway's I/O: picows WebSocket sessions, the metrics HTTP endpoint, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from picows import (WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse,
+                    WSUpgradeResponseWithListener, ws_create_server)
+
+from loadgen.gateway import protocol
+from loadgen.gateway.config import GatewayConfig
+from loadgen.gateway.guard import AbuseGuard
+from loadgen.gateway.metrics import GatewayMetrics
+from loadgen.gateway.registry import LocalRouter, Router
+
+log = logging.getLogger("loadgen.gateway")
+CLOSE_REPLACED = 4000  # application close code: a newer connection of the same user took over
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, token: str, node_id: str, router: Router | None = None) -> None:
+        self.config = config
+        self._token = ("Bearer " + token).encode()
+        self.node_id = node_id
+        self.router = router or LocalRouter()
+        self.metrics = GatewayMetrics(node_id)
+        self.paused: dict[GatewaySession, float] = {}  # sessions whose peer stopped reading, since when
+
+    # --- handshake ---------------------------------------------------------------------------------
+    def _reject(self, status: int, result: str, reason: str):
+        self.metrics.count(self.metrics.connections, result)
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_error_response(status, reason.encode() + b"\n"), None)
+
+    def listener_factory(self, request: WSUpgradeRequest):
+        auth = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(auth.encode(), self._token):
+            return self._reject(401, "rejected_auth", "missing or wrong bearer token")
+        parts = urlsplit(request.path.decode("latin-1"))
+        if parts.path != "/ws":
+            return self._reject(404, "rejected_path", "unknown path; connect to /ws?user=ID")
+        user = parse_qs(parts.query).get("user", [""])[0]
+        if not protocol.valid_user_id(user):
+            return self._reject(400, "rejected_bad_request", "user must be 1-128 of [A-Za-z0-9_.:-]")
+        if self.metrics.active >= self.config.max_connections:
+            return self._reject(503, "rejected_full", "server.max_connections reached")
+        return GatewaySession(self, user)
+
+    # --- periodic checks -----------------------------------------------------------------------------
+    async def sweep_stalled_writers(self) -> None:
+        """Drop sessions whose peer stopped reading for longer than websocket.write_timeout."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for session, since in list(self.paused.items()):
+                if now - since > self.config.write_timeout_s:
+                    self.paused.pop(session, None)
+                    session.abort("write_timeout", WSCloseCode.POLICY_VIOLATION)
+
+
+class GatewaySession(WSListener):
+    __slots__ = ("gw", "user", "transport", "guard", "closing")
+
+    def __init__(self, gw: Gateway, user: str) -> None:
+        super().__init__()
+        self.gw = gw
+        self.user = user
+        self.transport: WSTransport | None = None
+        cfg = gw.config
+        self.guard = AbuseGuard(cfg.max_frames_per_s, cfg.flood_burst, cfg.max_bad_frames_per_min)
+        self.closing = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        m = self.gw.metrics
+        m.active += 1
+        m.count(m.connections, "accepted")
+        self.gw.router.register(self)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        m = self.gw.metrics
+        m.active -= 1
+        m.count(m.disconnections, self.closing or "client")
+        self.gw.paused.pop(self, None)
+        self.gw.router.unregister(self)
+
+    # Session protocol used by the router
+    def push(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.send(WSMsgType.TEXT, frame)
+
+    def replaced(self) -> None:
+        self.gw.metrics.count(self.gw.metrics.disconnections, "replaced")
+        self.abort("replaced", CLOSE_REPLACED, count=False)
+
+    def pause_writing(self) -> None:
+        self.gw.paused[self] = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.gw.paused.pop(self, None)
+
+    def abort(self, reason: str, code, count: bool = True) -> None:
+        """Close only this offender: count why, say why in the close frame, drop the socket."""
+        if self.closing:
+            return
+        self.closing = reason
+        if count:
+            self.gw.metrics.count(self.gw.metrics.errors, reason)
+        transport = self.transport
+        if transport is not None and not transport.is_disconnected:
+            try:
+                transport.send_close(code if isinstance(code, WSCloseCode) else WSCloseCode(code)
+                                     if code in WSCloseCode._value2member_map_ else WSCloseCode.POLICY_VIOLATION,
+                                     reason.encode())
+            except Exception:  # the socket may already be gone; closing is all that matters
+                pass
+            transport.disconnect()
+
+    def _error(self, kind: str, detail: str, msg_id=None) -> None:
+        m = self.gw.metrics
+        m.count(m.errors, kind)
+        self.push(protocol.error_frame(kind, detail, msg_id))
+        if not self.guard.bad_frame(time.monotonic()):
+            self.abort("abuse_bad_frames", WSCloseCode.POLICY_VIOLATION)
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if self.closing:
+            return
+        kind = frame.msg_type
+        if kind == WSMsgType.CLOSE:
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+            return
+        if kind == WSMsgType.PING or kind == WSMsgType.PONG:
+            return  # picows answers pings itself; pongs reset its idle timer
+        now = time.monotonic()
+        if not self.guard.allow_frame(now):
+            self.abort("flood", WSCloseCode.POLICY_VIOLATION)
+            return
+        if frame.payload_size > self.gw.config.max_message_size:
+            self.abort("oversized", WSCloseCode.MESSAGE_TOO_BIG)
+            return
+        if not frame.fin or kind == WSMsgType.CONTINUATION:
+            self.abort("fragmented", WSCloseCode.UNSUPPORTED_DATA)
+            return
+        if kind != WSMsgType.TEXT:
+            self._error("binary_frame", "frames must be JSON text")
+            return
+        cmd = protocol.parse_client_frame(frame.get_payload_as_bytes())
+        if isinstance(cmd, protocol.ProtocolError):
+            self._error(cmd.kind, cmd.detail, cmd.id)
+            return
+        m = self.gw.metrics
+        m.messages_received += 1
+        if cmd.type == "send":
+            if self.gw.router.deliver(cmd.to, protocol.deliver_frame(self.user, cmd)):
+                m.messages_sent += 1
+                m.latency.observe(time.monotonic() - now)
+                self.push(protocol.ack_frame(cmd))
+            else:
+                self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id)
+        elif cmd.type == "echo":
+            self.push(protocol.echo_frame(cmd))
+            m.messages_sent += 1
+            m.latency.observe(time.monotonic() - now)
+        else:  # ping: application heartbeat (refreshes the registry TTL in cluster mode)
+            self.push(protocol.pong_frame(cmd))
+
+
+async def _serve_metrics(gw: Gateway, host: str, port: int):
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
+            if path == b"/metrics":
+                status, body, ctype = "200 OK", gw.metrics.render().encode(), "text/plain; version=0.0.4"
+            elif path == b"/healthz":
+                status, body, ctype = "200 OK", b"ok\n", "text/plain"
+            else:
+                status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metrics_host: str,
+                metrics_port: int, node_id: str, ready=None) -> None:
+    gw = Gateway(config, token, node_id)
+    server = await ws_create_server(
+        gw.listener_factory, host, port,
+        websocket_handshake_timeout=config.handshake_timeout_s,
+        enable_auto_ping=True,  # half-open peers: ping when idle, drop when no pong
+        auto_ping_idle_timeout=config.read_timeout_s / 2,
+        auto_ping_reply_timeout=config.read_timeout_s / 2,
+        max_frame_size=config.max_message_size * 2,
+        read_buffer_init_size=config.read_buffer_size,
+        backlog=65535,
+        reuse_port=True,
+        logger_name=None,
+    )
+    metrics_server = await _serve_metrics(gw, metrics_host, metrics_port)
+    sweeper = asyncio.create_task(gw.sweep_stalled_writers())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("gateway %s listening on ws://%s:%d/ws, metrics on http://%s:%d/metrics",
+             node_id, host, port, metrics_host, metrics_port)
+    if ready is not None:
+        ready()
+    await stop.wait()
+    sweeper.cancel()
+    server.close()
+    metrics_server.close()

@@ -1,0 +1,37 @@
+"""python -m loadgen.lab up [--hosts N] | down [--purge] | status | kafka-dist DIR"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from loadgen.lab import lab_down, lab_status, lab_up
+from loadgen.lab.kafka_dist import build_kafka_archive, sha256
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadgen.lab", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="boot the nspawn lab and write inventory/lab")
+    up.add_argument("--hosts", type=int, default=7)
+    down = sub.add_parser("down", help="tear the lab down (idempotent)")
+    down.add_argument("--purge", action="store_true", help="also delete the cached rootfs and artifacts")
+    sub.add_parser("status")
+    kd = sub.add_parser("kafka-dist", help="assemble the Kafka archive from Maven Central jars")
+    kd.add_argument("out_dir", type=Path)
+    a = ap.parse_args(argv)
+    if a.cmd == "up":
+        state = lab_up(a.hosts)
+        print(json.dumps({"hosts": state["hosts"], "timings": state.get("timings")}, indent=1))
+    elif a.cmd == "down":
+        lab_down(purge=a.purge)
+    elif a.cmd == "status":
+        print(json.dumps(lab_status(), indent=1))
+    else:
+        p = build_kafka_archive(a.out_dir)
+        print(f"{p} sha256:{sha256(p)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

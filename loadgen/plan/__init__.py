@@ -1,0 +1,1 @@
+"""What to run: stages, options and scenarios, validated before any load starts."""
