@@ -107,7 +107,7 @@ def build_kafka_archive(out_dir: Path, version: str = KAFKA_VERSION, *, quiet: b
     libs = work / name / "libs"
     libs.mkdir(parents=True)
     (work / "pom.xml").write_text(_POM.format(scala=SCALA_VERSION, kafka=version, log4j=LOG4J_VERSION))
-    cmd = ["mvn", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
+    cmd = ["mvn", "-B", "-Dstyle.color=never", "--no-transfer-progress", "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
            "-DincludeScope=runtime"]
     if quiet:
         cmd.insert(2, "-q")
