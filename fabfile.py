@@ -1,4 +1,104 @@
+"""Fabric tasks: thin wrappers; the work is in loadgen/ (fleet, report, lab) so tests can call it.
+
+    fab cluster-test [-i inventory/local] [--scenario cluster] [--connections N --duration 60s | --stage 10s:2000 ...]
+    fab preflight [-i INVENTORY]
+    fab report reports/RUN_ID
+    fab compare reports/RUN_A reports/RUN_B [--tolerance 0.1]
+    fab lab-up [--hosts 7] / fab lab-down
+"""
+
+import sys
+
 from fabric import task
+
+from loadgen.errors import LoadgenError
+
+DEFAULT_INVENTORY = "inventory/local"
+
+
+def _guard(fn, *args, **kwargs):
+    """One line and an exit code for expected failures; never a traceback."""
+    try:
+        code = fn(*args, **kwargs)
+    except LoadgenError as exc:
+        print(f"fab: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    if code:
+        raise SystemExit(code)
+
+
+def _list(value):
+    if not value:
+        return []
+    return [v for part in (value if isinstance(value, list) else [value]) for v in str(part).split(",") if v.strip()]
+
+
+@task(
+    iterable=["stage", "criterion"],
+    help={
+        "inventory": "Ansible inventory (default inventory/local: this machine)",
+        "scenario": "connection | throughput | cluster (default cluster)",
+        "connections": "total connections across all generators (with --duration)",
+        "duration": "hold time for --connections (e.g. 60s, 1h)",
+        "stage": "DURATION:TOTAL_CONNECTIONS, repeatable (fleet totals, k6 semantics)",
+        "rate": "messages per second per user",
+        "message_size": "MESSAGE_SIZE in bytes",
+        "min_generators": "proceed when at least this many generators are reachable (default: all)",
+        "probe_interval": "seconds between host probe samples (default 5)",
+        "deadman": "agents stop when the controller is silent this long (default 60s)",
+        "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
+        "criterion": "override a success criterion, e.g. message_p99_ms<100 (repeatable)",
+    },
+)
+def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections=None, duration=None, stage=None,
+                 rate=None, message_size=None, min_generators=None, probe_interval=5.0, deadman="60s",
+                 token_file=None, criterion=None):
+    """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
+    from loadgen.fleet.clustertest import Options, cluster_test as run
+    from loadgen.plan.options import _positive_int
+
+    opts = Options(inventory=inventory, scenario=scenario,
+                   connections=_positive_int(connections, "--connections", 10_000_000) if connections else None,
+                   duration=duration, stages=_list(stage), rate=float(rate) if rate is not None else None,
+                   message_size=_positive_int(message_size, "--message-size", 1_048_576) if message_size else None,
+                   min_generators=int(min_generators) if min_generators else None,
+                   probe_interval=float(probe_interval), deadman=deadman, token_file=token_file,
+                   criteria=_list(criterion))
+    _guard(run, opts)
+
+
+@task(help={"inventory": "Ansible inventory (default inventory/local)"})
+def preflight(c, inventory=DEFAULT_INVENTORY):
+    """Check every host is reachable, clocks agree, tuning is live and the default plan fits."""
+    from loadgen.fleet.clustertest import Options, preflight_only
+
+    _guard(preflight_only, Options(inventory=inventory))
+
+
+@task
+def report(c, run_dir):
+    """(Re)build report.html and summary.json of a run directory."""
+    from loadgen.report import build_report
+
+    def build():
+        summary = build_report(run_dir)
+        print(summary["report"])
+        return 0
+
+    _guard(build)
+
+
+@task(help={"tolerance": "relative change that counts as a regression (default 0.10)"})
+def compare(c, run_a, run_b, tolerance=0.10):
+    """Compare a run with a baseline run; exit 99 on regression."""
+    from loadgen.report import compare_runs
+
+    def run():
+        result = compare_runs(run_a, run_b, tolerance=float(tolerance))
+        print(result.get("report", ""))
+        return 99 if result["regressions"] else 0
+
+    _guard(run)
 
 
 # --- lab (loadgen/lab): keep these two tasks at the end of the file ---------------------------

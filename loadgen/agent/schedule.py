@@ -28,6 +28,9 @@ class OpenSchedule:
     def __len__(self) -> int:
         return len(self._generation)
 
+    def __contains__(self, user: int) -> bool:
+        return user in self._generation
+
     def add(self, user: int, now_ns: int) -> None:
         """Start sending for `user`: first send at a random phase within one period."""
         if not self.period_ns:

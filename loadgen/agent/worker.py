@@ -26,6 +26,7 @@ from loadgen.agent.schedule import OpenSchedule
 IDLE, CONNECTING, OPEN, DOWN = 0, 1, 2, 3
 TICK_S = 0.05  # control loop granularity; sends use their own scheduled times regardless
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
+CLOSE_WAIT_S = 2.0  # a planned close waits this long for the gateway's close reply
 
 
 def backoff_s(failures: int, rng: random.Random) -> float:
@@ -75,8 +76,8 @@ class Conn(WSListener):
         if kind == WSMsgType.TEXT:
             self.w.on_text(frame.get_payload_as_bytes())
         elif kind == WSMsgType.CLOSE:
-            self.w.server_closed(self)
-            transport.send_close(WSCloseCode.OK)
+            if not self.planned:  # the gateway closes on us: answer, then drop the socket
+                transport.send_close(WSCloseCode.OK)
             transport.disconnect()
 
     def on_ws_disconnected(self, transport) -> None:
@@ -96,8 +97,10 @@ class Worker:
         self.uids = [f"{agent}-{index}-{s}".encode() for s in range(n)]
         eps = plan.endpoints
         ips = plan.local_ips or [None]
-        self.urls = [f"ws://{eps[(s + index) % len(eps)][0]}:{eps[(s + index) % len(eps)][1]}{plan.path}?user="
-                     f"{self.uids[s].decode()}" for s in range(n)]
+        # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
+        node = [(s + index if plan.pairing == "cross-node" else s // 2 + index) % len(eps) for s in range(n)]
+        self.urls = [f"ws://{eps[node[s]][0]}:{eps[node[s]][1]}{plan.path}?user={self.uids[s].decode()}"
+                     for s in range(n)]
         self.local_ips = [ips[(s // len(eps)) % len(ips)] for s in range(n)]
         self.headers = {"Authorization": f"Bearer {plan.token}"}
         self.state = bytearray(n)
@@ -137,9 +140,6 @@ class Worker:
         elif kind == frames.ERROR:
             iv.msgs_errors += 1
             self.totals_errors += 1
-
-    def server_closed(self, conn: Conn) -> None:
-        pass  # the disconnect that follows is counted in on_disconnected
 
     def on_disconnected(self, conn: Conn) -> None:
         slot = conn.slot
@@ -194,21 +194,20 @@ class Worker:
         self.active += 1
         self.iv.connects_ok += 1
         hdr.record_us(self.iv.connect, (now - start) // 1000)
-        if slot not in self.sends._generation and self.sending:
+        if slot not in self.sends and self.sending:
             self.sends.add(slot, now)
         self.beats.add(slot, now)
         if self.stopping:
             self._close(slot)
 
     def _close(self, slot: int) -> None:
+        """Planned close handshake: messages already on their way arrive before the gateway's close reply."""
         conn = self.conns[slot]
-        if conn is None or conn.transport is None:
+        if conn is None or conn.transport is None or conn.planned:
             return
         conn.planned = True
-        try:
-            conn.transport.send_close(WSCloseCode.OK)
-        finally:
-            conn.transport.disconnect()
+        conn.transport.send_close(WSCloseCode.OK)
+        asyncio.get_running_loop().call_later(CLOSE_WAIT_S, conn.transport.disconnect)
 
     def adjust(self, target: int, now_ns: int) -> None:
         busy = self.active + self.connecting + len(self.down)
@@ -259,10 +258,12 @@ class Worker:
             if state[slot] != OPEN:
                 iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
                 continue
+            if conns[slot].planned:
+                continue  # closing as planned: its schedule ends here
             self.seq += 1
             if peer_mode:
                 peer = slot ^ 1 if (slot ^ 1) < n else slot
-                if state[peer] != OPEN:
+                if state[peer] != OPEN or conns[peer].planned:
                     iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
                     continue
                 data = frames.send_frame(self.uids[peer], self.seq, scheduled, body)

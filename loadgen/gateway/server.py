@@ -114,9 +114,7 @@ class GatewaySession(WSListener):
         transport = self.transport
         if transport is not None and not transport.is_disconnected:
             try:
-                transport.send_close(code if isinstance(code, WSCloseCode) else WSCloseCode(code)
-                                     if code in WSCloseCode._value2member_map_ else WSCloseCode.POLICY_VIOLATION,
-                                     reason.encode())
+                transport.send_close(code, reason.encode())
             except Exception:  # the socket may already be gone; closing is all that matters
                 pass
             transport.disconnect()
@@ -133,6 +131,7 @@ class GatewaySession(WSListener):
             return
         kind = frame.msg_type
         if kind == WSMsgType.CLOSE:
+            self.gw.router.unregister(self)  # from now on senders hear 'unknown recipient', not silence
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
             return

@@ -42,6 +42,7 @@ class RunPlan:
     workers: int
     agent_id: str
     local_ips: list[str] | None
+    pairing: str = "same-node"  # 'cross-node' needs a gateway cluster that routes between nodes
     path: str = "/ws"
     heartbeat_s: float = 30.0
     connect_timeout_s: float = 10.0
@@ -212,5 +213,6 @@ def build_plan(args) -> RunPlan:
         deadman_s=parse_duration(args.deadman_timeout, "--deadman-timeout"),
         gateway_metrics=list(args.gateway_metrics or []),
         criteria=criteria,
+        pairing=args.pairing,
         quiet=args.quiet,
     )

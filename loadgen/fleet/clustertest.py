@@ -1,0 +1,429 @@
+"""`fab cluster-test`: preflight, start gateways (when fab manages them) and agents in lockstep,
+watch with a deadman heartbeat, sample probes, collect every agent's outputs, build the report.
+
+A dead agent or an unreachable host is recorded and the run goes on (PARTIAL); nothing waits
+without a timeout, and agents stop by themselves when the controller's heartbeat stops.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import shlex
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
+from loadgen.fleet import probes
+from loadgen.fleet.hosts import Host, open_hosts, parallel
+from loadgen.fleet.inventory import load_inventory
+from loadgen.fleet.preflight import check_fleet
+from loadgen.plan.cluster import make_cluster_plan
+
+POLL_S = 2.0
+
+
+@dataclass
+class Options:
+    inventory: str = "inventory/local"
+    scenario: str = "cluster"
+    connections: int | None = None
+    duration: str | None = None
+    stages: list[str] = field(default_factory=list)
+    rate: float | None = None
+    message_size: int | None = None
+    min_generators: int | None = None
+    probe_interval: float = 5.0
+    deadman: str = "60s"
+    reports_dir: str = "reports"
+    token_file: str | None = None
+    criteria: list[str] = field(default_factory=list)
+    lead_s: float | None = None
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def loadgen_command(host: Host) -> str:
+    explicit = host.vars.get("loadgen_bin")
+    if explicit:
+        return shlex.quote(explicit)
+    if host.vars.get("ansible_connection") == "local":
+        return f"{shlex.quote(sys.executable)} -m loadgen"
+    return "loadgen"
+
+
+def detached(wd: str, command: str, name: str, before: str = "true") -> str:
+    """Shell that starts `command` in its own session, surviving the SSH session, with NAME.pid = its PID.
+
+    The braces keep `$!` the PID of the program itself (no subshell in between), so it can be
+    stopped by PID later.
+    """
+    q = shlex.quote(wd)
+    return (f"cd {q} && {before} && {{ setsid nohup {command} > {name}.log 2>&1 < /dev/null & "
+            f"echo $! > {q}/{name}.pid; }}")
+
+
+def workdir(host: Host, run_id: str) -> str:
+    base = host.vars.get("loadgen_workdir", "/var/tmp/loadgen")
+    return f"{base}/runs/{run_id}/{host.name}"
+
+
+def _plan_defaults(inv, opts: Options) -> Options:
+    """Inventory group vars (loadgen_*) fill what the command line left out."""
+    gv = inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
+    if not opts.stages and opts.connections is None:
+        opts.stages = list(gv.get("loadgen_stages") or [])
+        if not opts.stages:
+            opts.connections = int(gv.get("loadgen_connections", 1000))
+            opts.duration = opts.duration or gv.get("loadgen_duration", "60s")
+    if opts.rate is None:
+        opts.rate = float(gv.get("loadgen_rate", 1.0))
+    if opts.message_size is None:
+        opts.message_size = int(gv.get("loadgen_message_size", 1024))
+    return opts
+
+
+def _token(inv, opts: Options, managed: bool) -> str:
+    if opts.token_file:
+        from loadgen.plan.options import read_token_file
+
+        return read_token_file(opts.token_file)
+    if os.environ.get("AUTH_TOKEN"):
+        return os.environ["AUTH_TOKEN"]
+    gw = inv.group("gateways")
+    token = inv.hostvars[gw[0]].get("gateway_auth_token") if gw else None
+    if token:
+        return str(token)
+    if managed:
+        return secrets.token_urlsafe(24)  # fab starts the gateways: a fresh token per run
+    raise UsageError("no gateway token: set AUTH_TOKEN, give --token-file, or set gateway_auth_token (vault) in the inventory")
+
+
+class ClusterTest:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.inv = load_inventory(opts.inventory)
+        _plan_defaults(self.inv, opts)
+        inv = self.inv
+        self.generators = inv.group("generators")
+        self.gateways = inv.group("gateways")
+        endpoints = [f"{inv.hostvars[g].get('ansible_host', g)}:{int(inv.hostvars[g].get('gateway_port', 8080))}"
+                     for g in self.gateways]
+        self.plan = make_cluster_plan(
+            scenario=opts.scenario, generators=self.generators, gateways=self.gateways, endpoints=endpoints,
+            stage_texts=opts.stages or None, connections=opts.connections, duration=opts.duration, rate=opts.rate,
+            message_size=opts.message_size, min_generators=opts.min_generators, criteria=opts.criteria)
+        self.managed = [g for g in self.gateways if inv.hostvars[g].get("gateway_managed_by", "systemd") == "fab"]
+        self.token = _token(inv, opts, bool(self.managed) and len(self.managed) == len(self.gateways))
+        self.run_dir = os.path.join(opts.reports_dir, self.plan.run_id)
+        self.hosts: dict[str, Host] = {}
+        self.agent_state: dict[str, str] = {}
+        self.facts: dict = {"controller_started_at": time.time(), "agents": {}, "gateways": {}, "unreachable": []}
+        self.samples = None
+        self.deltas = probes.SampleDeltas()
+
+    # --- helpers --------------------------------------------------------------------------------------
+    def _subset(self, names) -> dict[str, Host]:
+        return {n: self.hosts[n] for n in names if n in self.hosts}
+
+    def _write_json(self, name: str, data: dict) -> None:
+        with open(os.path.join(self.run_dir, name), "w") as f:
+            json.dump(data, f, indent=2, default=str)
+
+    # --- steps ------------------------------------------------------------------------------------------
+    def connect(self) -> None:
+        names = self.inv.all_hosts()
+        self.hosts = open_hosts(self.inv, names)
+        results = parallel(self.hosts, lambda h: h.run("echo ok", timeout=15))
+        down = {n: r for n, r in results.items() if not (getattr(r, "ok", False) and "ok" in r.stdout)}
+        for n, r in down.items():
+            detail = r.stderr.strip() if hasattr(r, "stderr") else str(r)
+            log(f"host {n} unreachable: {detail[:200]}")
+            self.facts["unreachable"].append({"host": n, "error": detail[:500]})
+        reachable_gen = [g for g in self.generators if g not in down]
+        if len(reachable_gen) < self.plan.min_generators:
+            raise LoadgenError(f"only {len(reachable_gen)} of {len(self.generators)} generators reachable "
+                               f"({', '.join(g for g in self.generators if g in down)} down); "
+                               f"--min-generators is {self.plan.min_generators}; no load was started")
+        for g in self.gateways:
+            if g in down:
+                raise LoadgenError(f"gateway host {g} unreachable; no load was started")
+        for n in down:
+            self.hosts.pop(n).close()
+        self.live_generators = reachable_gen
+
+    def start_gateways(self) -> None:
+        """Start the reference gateway on hosts where the inventory says fab manages it (the local default)."""
+        for name in self.managed:
+            host = self.hosts[name]
+            wd = workdir(host, self.plan.run_id) + "/gateway"
+            v = host.vars
+            addr = v.get("ansible_host", "127.0.0.1")
+            port, mport = int(v.get("gateway_port", 8080)), int(v.get("gateway_metrics_port", 9090))
+            host.put_secret(self.token, f"{wd}/token")
+            extra = f" --config {shlex.quote(v['gateway_config'])}" if v.get("gateway_config") else ""
+            cmd = detached(wd, f"{loadgen_command(host)} gateway --host {addr} --port {port} "
+                           f"--metrics-host {v.get('gateway_metrics_host', '127.0.0.1')} --metrics-port {mport} "
+                           f"--node-id {shlex.quote(name)} --token-file token{extra}", "gateway")
+            r = host.run(cmd, timeout=30)
+            if not r.ok:
+                raise LoadgenError(f"gateway on {name} did not start: {r.stderr.strip()[:200]}")
+            v["_gateway_pidfile"] = f"{wd}/gateway.pid"
+            wait = (f"for i in $(seq 100); do (exec 3<>/dev/tcp/{addr}/{port}) 2>/dev/null && exit 0; "
+                    f"kill -0 $(cat {wd}/gateway.pid) 2>/dev/null || break; sleep 0.1; done; tail -3 {wd}/gateway.log; exit 1")
+            r = host.run(wait, timeout=30)
+            if not r.ok:
+                raise LoadgenError(f"gateway on {name} is not listening on {addr}:{port}: "
+                                   f"{(r.stdout or r.stderr).strip().splitlines()[-1:] or ['no output']}")
+            self.facts["gateways"][name] = {"managed_by": "fab", "endpoint": f"{addr}:{port}"}
+        for name in self.gateways:
+            self.facts["gateways"].setdefault(name, {"managed_by": self.inv.hostvars[name].get("gateway_managed_by", "systemd")})
+
+    def stop_gateways(self) -> None:
+        for name in self.managed:
+            host = self.hosts.get(name)
+            pidfile = host.vars.get("_gateway_pidfile") if host else None
+            if pidfile:
+                host.run(f"P=$(cat {pidfile}) && kill -TERM $P; for i in $(seq 50); do kill -0 $P 2>/dev/null || exit 0; "
+                         f"sleep 0.1; done; kill -KILL $P", timeout=15)
+                wd = os.path.dirname(pidfile)
+                os.makedirs(os.path.join(self.run_dir, "gateways", name), exist_ok=True)
+                try:
+                    host.get(f"{wd}/gateway.log", os.path.join(self.run_dir, "gateways", name, "gateway.log"))
+                except Exception as exc:  # the log is evidence, not a reason to fail the run
+                    log(f"could not collect gateway log of {name}: {exc}")
+
+    def snapshot(self, phase: str) -> None:
+        def one(host: Host):
+            roles = self.inv.roles_of(host.name)
+            r = host.run(probes.snapshot_script(probes.snapshot_commands(host, roles)), timeout=60)
+            d = os.path.join(self.run_dir, "probes", host.name, phase)
+            os.makedirs(d, exist_ok=True)
+            for name, text in probes.split_snapshot(r.stdout).items():
+                with open(os.path.join(d, f"{name}.txt"), "w") as f:
+                    f.write(text)
+            return r.ok
+
+        parallel(self.hosts, one)
+
+    def sample(self) -> None:
+        def one(host: Host):
+            return host.run(probes.sample_script(host, self.inv.roles_of(host.name)), timeout=10)
+
+        for name, r in parallel(self.hosts, one).items():
+            if getattr(r, "ok", False):
+                role = "+".join(self.inv.roles_of(name)) or "other"
+                for row in self.deltas.rows(name, role, probes.parse_sample(r.stdout)):
+                    self.samples.writerow(row)
+        self._samples_file.flush()
+
+    def start_agents(self) -> None:
+        lead = self.opts.lead_s if self.opts.lead_s is not None else 4.0 + 0.05 * len(self.live_generators)
+        start_at = time.time() + lead
+        self.plan.start_at = start_at
+        deadman = shlex.quote(self.opts.deadman)
+
+        def one(host: Host):
+            wd = workdir(host, self.plan.run_id)
+            host.put_secret(self.token, f"{wd}/token")
+            v = host.vars
+            args = [loadgen_command(host), "run", self.plan.scenario,
+                    *[f"--stage {s}" for s in self.plan.shares[host.name]],
+                    f"--rate {self.plan.rate}", f"--gateways {','.join(self.plan.endpoints)}",
+                    f"-e MESSAGE_SIZE={self.plan.message_size}", "--out out", f"--start-at {start_at:.3f}",
+                    f"--agent-id {shlex.quote(host.name)}", "--token-file token", "--heartbeat-file heartbeat",
+                    f"--deadman-timeout {deadman}", "--quiet"]
+            if v.get("loadgen_local_ips"):
+                args.append(f"--local-ips {shlex.quote(str(v['loadgen_local_ips']))}")
+            if v.get("loadgen_workers"):
+                args.append(f"--workers {shlex.quote(str(v['loadgen_workers']))}")
+            args += [f"--criterion {shlex.quote(c)}" for c in self.plan.criteria]
+            cmd = detached(wd, " ".join(args), "agent", before="touch heartbeat")
+            return host.run(cmd, timeout=30)
+
+        results = parallel(self._subset(self.live_generators), one)
+        for name, r in results.items():
+            ok = getattr(r, "ok", False)
+            self.agent_state[name] = "starting" if ok else "unreachable"
+            self.facts["agents"][name] = {"launched": ok, "error": None if ok else str(getattr(r, "stderr", r))[:300]}
+            if not ok:
+                log(f"agent on {name} did not launch: {self.facts['agents'][name]['error']}")
+        launched = [n for n, s in self.agent_state.items() if s == "starting"]
+        if len(launched) < self.plan.min_generators:
+            self.stop_agents()
+            raise LoadgenError(f"only {len(launched)} agents launched; --min-generators is {self.plan.min_generators}")
+        log(f"{len(launched)} agents start at {time.strftime('%H:%M:%S', time.localtime(start_at))} "
+            f"(in {start_at - time.time():.1f}s), {self.plan.peak_connections:,} connections, "
+            f"{self.plan.total_s:.0f}s of stages")
+
+    def poll(self) -> dict:
+        def one(host: Host):
+            wd = shlex.quote(workdir(host, self.plan.run_id))
+            return host.run(f"cd {wd} && touch heartbeat && (cat out/status.json 2>/dev/null || echo '{{}}') && echo && "
+                            f"(kill -0 $(cat agent.pid) 2>/dev/null && echo ALIVE || echo GONE)", timeout=10)
+
+        watching = {n: h for n, h in self._subset(self.agent_state).items()
+                    if self.agent_state[n] not in ("done", "dead")}
+        statuses = {}
+        for name, r in parallel(watching, one).items():
+            if not getattr(r, "ok", False):
+                self.facts["agents"][name].setdefault("poll_failures", 0)
+                self.facts["agents"][name]["poll_failures"] += 1
+                continue
+            lines = r.stdout.strip().splitlines()
+            try:
+                status = json.loads(lines[0]) if lines else {}
+            except ValueError:
+                status = {}
+            alive = lines[-1].strip() == "ALIVE" if lines else False
+            statuses[name] = status
+            if status.get("state") == "done" and not alive:
+                self.agent_state[name] = "done"
+            elif not alive:
+                self.agent_state[name] = "dead"
+                log(f"agent on {name} died (last status: {status.get('state', 'none')})")
+            else:
+                self.agent_state[name] = status.get("state", "starting")
+        return statuses
+
+    def watch(self) -> None:
+        deadline = self.plan.start_at + self.plan.total_s + 90
+        next_sample = 0.0
+        last = {}
+        while True:
+            now = time.time()
+            if now >= next_sample:
+                self.sample()
+                next_sample = now + self.opts.probe_interval
+            statuses = self.poll()
+            last.update(statuses)
+            running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]
+            active = sum(s.get("active", 0) for s in last.values())
+            sent = sum(s.get("sent", 0) for s in last.values())
+            recv = sum(s.get("received", 0) for s in last.values())
+            errors = sum(s.get("errors", 0) + s.get("connect_failed", 0) for s in last.values())
+            p99 = max((s.get("p99_ms") or 0 for s in last.values()), default=0)
+            elapsed = now - self.plan.start_at
+            log(f"t{elapsed:+.0f}s/{self.plan.total_s:.0f}s agents running {len(running)}/{len(self.agent_state)} | "
+                f"conns {active:,} | sent {sent:,} recv {recv:,} | errors {errors:,} | worst agent p99 {p99:.1f}ms")
+            if not running:
+                return
+            if now > deadline:
+                log("deadline passed: stopping the remaining agents")
+                self.stop_agents()
+                return
+            time.sleep(max(0.0, POLL_S - (time.time() - now)))
+
+    def stop_agents(self, wait_s: float = 15.0) -> None:
+        def one(host: Host):
+            wd = shlex.quote(workdir(host, self.plan.run_id))
+            return host.run(f"cd {wd} && P=$(cat agent.pid 2>/dev/null) && kill -TERM $P 2>/dev/null; "
+                            f"for i in $(seq {int(wait_s * 10)}); do kill -0 $P 2>/dev/null || exit 0; sleep 0.1; done; "
+                            f"kill -KILL $P 2>/dev/null; pkill -KILL -s $P 2>/dev/null; exit 0", timeout=wait_s + 10)
+
+        parallel(self._subset(self.agent_state), one)
+
+    def collect(self) -> None:
+        def one(host: Host):
+            wd = workdir(host, self.plan.run_id)
+            r = host.run(f"cd {shlex.quote(wd)} && tar czf collect.tgz out agent.log 2>/dev/null; ls collect.tgz", timeout=120)
+            if not r.ok:
+                raise LoadgenError(r.stderr.strip()[:200] or "nothing to collect")
+            dest = os.path.join(self.run_dir, "agents", host.name)
+            os.makedirs(dest, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, "collect.tgz")
+                host.get(f"{wd}/collect.tgz", local)
+                with tarfile.open(local) as tar:
+                    tar.extractall(tmp, filter="data")
+                for root, _, files in os.walk(tmp):
+                    for f in files:
+                        if f != "collect.tgz":
+                            os.replace(os.path.join(root, f), os.path.join(dest, f))
+            return True
+
+        for name, r in parallel(self._subset(self.agent_state), one).items():
+            if r is not True:
+                log(f"could not collect from {name}: {r}")
+                self.facts["agents"][name]["collect_error"] = str(r)[:300]
+
+    def run(self) -> int:
+        plan = self.plan
+        os.makedirs(self.run_dir)  # a new run id: nothing of an earlier run is touched
+        log(f"run {plan.run_id}: {plan.scenario} on {len(self.generators)} generators -> {len(self.gateways)} gateways, "
+            f"stages {' '.join(plan.stages)}, {plan.rate:g} msg/s per user")
+        interrupted = None
+        try:
+            self.connect()
+            self.start_gateways()
+            self.facts["preflight"] = check_fleet(self)
+            self._write_json("plan.json", {**plan.as_dict(), "inventory": os.path.abspath(self.opts.inventory),
+                                           "groups": {g: self.inv.group(g) for g in
+                                                      ("generators", "gateways", "etcd", "kafka", "redis")}})
+            self.snapshot("before")
+            self._samples_file = open(os.path.join(self.run_dir, "probes", "samples.csv"), "w", newline="")
+            self.samples = csv.writer(self._samples_file)
+            self.samples.writerow(("ts", "host", "role", "metric", "value"))
+            self.start_agents()
+            self._write_json("plan.json", {**plan.as_dict(), "inventory": os.path.abspath(self.opts.inventory),
+                                           "groups": {g: self.inv.group(g) for g in
+                                                      ("generators", "gateways", "etcd", "kafka", "redis")}})
+            try:
+                self.watch()
+            except KeyboardInterrupt:
+                interrupted = "interrupted (Ctrl-C)"
+                log("interrupted: stopping agents, collecting what they measured")
+                self.stop_agents()
+                self.poll()
+            self.collect()
+            self.snapshot("after")
+        finally:
+            if self.samples is not None:
+                self._samples_file.close()
+            self.stop_gateways()
+            for h in self.hosts.values():
+                h.close()
+            for name, state in self.agent_state.items():
+                self.facts["agents"][name]["state"] = state
+            self.facts["controller_ended_at"] = time.time()
+            self.facts["stopped_by"] = interrupted
+            if os.path.isdir(self.run_dir):
+                self._write_json("run.json", self.facts)
+        return self.report()
+
+    def report(self) -> int:
+        from loadgen.report import build_report
+
+        summary = build_report(self.run_dir)
+        log(f"report: {os.path.abspath(summary['report'])} ({summary['status']})")
+        if summary["status"] == "PASS":
+            return EXIT_OK
+        return EXIT_CRITERIA if summary["status"] == "FAIL" else EXIT_FAILURE
+
+
+def cluster_test(opts: Options) -> int:
+    return ClusterTest(opts).run()
+
+
+def preflight_only(opts: Options) -> int:
+    """`fab preflight`: reach every host, measure it, check the inventory's default plan fits."""
+    ct = ClusterTest(opts)
+    try:
+        ct.connect()
+        result = check_fleet(ct)
+    finally:
+        for h in ct.hosts.values():
+            h.close()
+    for name, f in result["hosts"].items():
+        if isinstance(f, dict):
+            log(f"{name}: clock offset {f.get('clock_offset_ms')} ms, open files {f.get('nofile_hard')}, "
+                f"cores {f.get('cores')}, connections planned {f.get('connections_planned', '-')}")
+    log(f"preflight passed: {len(ct.hosts)} hosts, plan {' '.join(ct.plan.stages)}")
+    return EXIT_OK

@@ -1,0 +1,99 @@
+"""Preflight: measure every host before load starts and refuse a plan the fleet cannot carry."""
+
+from __future__ import annotations
+
+import time
+
+from loadgen.errors import LoadgenError
+from loadgen.fleet.hosts import parallel
+from loadgen.plan.addresses import parse_local_ips
+from loadgen.plan.stages import Profile, parse_stage
+
+# Spec tuning, checked live (reported; the kernel_tuning role applies it)
+SPEC_SYSCTLS = {
+    "generators": {"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": "1"},
+    "gateways": {"net.core.somaxconn": "65535", "net.ipv4.tcp_max_syn_backlog": "65535"},
+}
+AGENT_BYTES_PER_CONN = 16 * 1024  # measured agent RSS per idle connection is below this (bench/)
+CLOCK_SKEW_LIMIT_S = 1.0
+
+
+def _facts_script(keys: list[str]) -> str:
+    reads = "; ".join(f"echo sysctl:{k}=$(sysctl -n {k} 2>/dev/null | tr -s '\\t ' ' ')" for k in keys)
+    return ("echo clock=$(date +%s.%N); echo nofile_hard=$(ulimit -Hn); echo cores=$(nproc); "
+            "echo mem_available=$(awk '/MemAvailable/{print $2*1024}' /proc/meminfo); "
+            "echo port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range | tr -s '\\t ' ' '); " + reads)
+
+
+def check_fleet(ct) -> dict:
+    """Facts per host plus the verdict; raises LoadgenError with the numbers when the plan cannot fit."""
+    plan = ct.plan
+    keys = sorted({k for d in SPEC_SYSCTLS.values() for k in d})
+
+    def one(host):
+        t0 = time.time()
+        r = host.run(_facts_script(keys), timeout=15)
+        t1 = time.time()
+        facts = {}
+        for line in r.stdout.splitlines():
+            k, _, v = line.partition("=")
+            facts[k.strip()] = v.strip()
+        try:
+            facts["clock_offset_ms"] = round((float(facts.pop("clock")) - (t0 + t1) / 2) * 1000, 3)
+            facts["rtt_ms"] = round((t1 - t0) * 1000, 3)
+        except (KeyError, ValueError):
+            facts["clock_offset_ms"] = None
+        return facts
+
+    def version(host):
+        from loadgen.fleet.clustertest import loadgen_command
+
+        return host.run(f"{loadgen_command(host)} --version", timeout=30)
+
+    facts = parallel(ct.hosts, one)
+    problems, warnings = [], []
+    versions = parallel(ct._subset(ct.live_generators), version)
+    for name, r in versions.items():
+        if not getattr(r, "ok", False):
+            problems.append(f"{name}: loadgen is not runnable ({(getattr(r, 'stderr', '') or str(r)).strip()[:120]})")
+        else:
+            facts[name]["loadgen_version"] = r.stdout.strip()
+    for name, f in facts.items():
+        if isinstance(f, Exception):
+            problems.append(f"{name}: {f}")
+            continue
+        off = f.get("clock_offset_ms")
+        if off is not None and abs(off) > CLOCK_SKEW_LIMIT_S * 1000:
+            problems.append(f"{name}: clock is {off / 1000:+.2f}s off the controller (limit {CLOCK_SKEW_LIMIT_S:g}s); "
+                            "lockstep start needs NTP")
+        for role in ct.inv.roles_of(name):
+            for key, want in SPEC_SYSCTLS.get(role, {}).items():
+                live = f.get(f"sysctl:{key}")
+                if live != want:
+                    warnings.append(f"{name}: {key} is {live or 'unreadable'} (spec: {want})")
+    for name in ct.live_generators:
+        f = facts.get(name)
+        if not isinstance(f, dict):
+            continue
+        peak = Profile([parse_stage(s) for s in plan.shares[name]]).peak
+        ips = len(parse_local_ips(ct.inv.hostvars[name]["loadgen_local_ips"])) if ct.inv.hostvars[name].get(
+            "loadgen_local_ips") else 1
+        try:
+            low, high = (int(x) for x in f["port_range"].split())
+            ports = high - low + 1
+            if peak > ports * ips * len(plan.endpoints):
+                problems.append(f"{name}: {peak:,} connections > ephemeral ports {ports:,} x source IPs {ips} x "
+                                f"gateway endpoints {len(plan.endpoints)} = {ports * ips * len(plan.endpoints):,}")
+            mem = int(f["mem_available"])
+            if peak * AGENT_BYTES_PER_CONN > mem:
+                problems.append(f"{name}: {peak:,} connections need ~{peak * AGENT_BYTES_PER_CONN / 2**20:,.0f} MiB, "
+                                f"{mem / 2**20:,.0f} MiB available")
+            f["connections_planned"] = peak
+            f["fd_limit_per_process"] = int(f["nofile_hard"]) if f["nofile_hard"].isdigit() else f["nofile_hard"]
+        except (KeyError, ValueError):
+            warnings.append(f"{name}: could not read port range / memory")
+    for w in warnings:
+        print(f"preflight: warning: {w}")
+    if problems:
+        raise LoadgenError("preflight refused the plan: " + "; ".join(problems))
+    return {"hosts": facts, "warnings": warnings}

@@ -1,0 +1,150 @@
+"""Host probes: what the spec's 'Monitoring During Load Tests' section runs, per host role.
+
+`snapshot_script` gives raw outputs before and after the run (saved as text files); `sample_script`
+gives key=value lines sampled during the run, turned into probes/samples.csv rows.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+SECTION = "=====8<===== "
+
+
+def gateway_pid_command(host) -> str:
+    """Shell that prints the gateway's PID (fab-managed: its pid file; else the systemd unit's MainPID)."""
+    pidfile = host.vars.get("_gateway_pidfile")
+    if pidfile:
+        return f"cat {shlex.quote(pidfile)} 2>/dev/null"
+    unit = host.vars.get("gateway_unit", "im-gateway")
+    return f"systemctl show -p MainPID --value {shlex.quote(unit)} 2>/dev/null | grep -v '^0$'"
+
+
+def _metrics_url(host) -> str:
+    addr = host.vars.get("gateway_metrics_host", "127.0.0.1")
+    return f"http://{addr}:{int(host.vars.get('gateway_metrics_port', 9090))}/metrics"
+
+
+def _http_get(url: str) -> str:
+    code = f"import urllib.request;print(urllib.request.urlopen({url!r},timeout=3).read().decode())"
+    return f"python3 -c {shlex.quote(code)}"
+
+
+def snapshot_commands(host, roles: list[str]) -> dict[str, str]:
+    """name -> shell command; each output is saved as probes/<host>/<phase>/<name>.txt."""
+    cmds = {
+        "ss-s": "ss -s",
+        "established": "ss -Htn state established | wc -l",
+        "uptime-loadavg": "cat /proc/loadavg",
+        "free": "free -b",
+        "nofile-limit": "ulimit -Sn; ulimit -Hn",
+    }
+    v = host.vars
+    if "gateways" in roles:
+        pid = gateway_pid_command(host)
+        cmds["gateway-ps"] = f"P=$({pid}); [ -n \"$P\" ] && ps -o pid,rss,vsz,pcpu,etime,nlwp,cmd -p $P"
+        cmds["lsof-count"] = (f"P=$({pid}); [ -n \"$P\" ] && (command -v lsof >/dev/null && lsof -p $P 2>/dev/null | wc -l"
+                              f" || ls /proc/$P/fd | wc -l)")
+        cmds["gateway-limits"] = f"P=$({pid}); [ -n \"$P\" ] && grep 'open files' /proc/$P/limits"
+        cmds["metrics"] = _http_get(_metrics_url(host))
+    if "etcd" in roles:
+        ep = f"http://{v.get('ansible_host', '127.0.0.1')}:{int(v.get('etcd_client_port', 2379))}"
+        cmds["etcd-health"] = f"ETCDCTL_API=3 etcdctl --endpoints={ep} endpoint health --cluster"
+        cmds["etcd-status"] = f"ETCDCTL_API=3 etcdctl --endpoints={ep} endpoint status --cluster -w table"
+    if "redis" in roles:
+        auth = v.get("redis_password")
+        env = f"REDISCLI_AUTH={shlex.quote(str(auth))} " if auth else ""
+        base = f"{env}redis-cli -h {v.get('ansible_host', '127.0.0.1')} -p {int(v.get('redis_port', 6379))}"
+        cmds["redis-info"] = f"{base} INFO stats; {base} INFO memory; {base} INFO replication"
+    if "kafka" in roles:
+        topics = v.get("kafka_topics_command", "/opt/kafka/bin/kafka-topics.sh")
+        port = int(v.get("kafka_port", 9092))
+        cmds["kafka-topics"] = f"{topics} --bootstrap-server {v.get('ansible_host', '127.0.0.1')}:{port} --describe"
+    return cmds
+
+
+def snapshot_script(cmds: dict[str, str]) -> str:
+    """One round trip per host: every command, its output after a section marker."""
+    parts = [f"echo {shlex.quote(SECTION + name)}; ( {cmd} ) 2>&1; echo \"[exit $?]\"" for name, cmd in cmds.items()]
+    return "; ".join(parts)
+
+
+def split_snapshot(output: str) -> dict[str, str]:
+    out, name, buf = {}, None, []
+    for line in output.splitlines():
+        if line.startswith(SECTION):
+            if name:
+                out[name] = "\n".join(buf) + "\n"
+            name, buf = line[len(SECTION):].strip(), []
+        else:
+            buf.append(line)
+    if name:
+        out[name] = "\n".join(buf) + "\n"
+    return out
+
+
+def sample_script(host, roles: list[str]) -> str:
+    lines = [
+        "echo ts=$(date +%s.%N)",
+        "echo cpu=$(head -1 /proc/stat | cut -d' ' -f2-)",
+        "echo mem_used=$(free -b | awk '/^Mem:/{print $3}')",
+        "echo established=$(ss -Htn state established | wc -l)",
+    ]
+    if "gateways" in roles:
+        lines += [
+            f"P=$({gateway_pid_command(host)})",
+            'if [ -n "$P" ] && [ -r /proc/$P/stat ]; then '
+            "echo gw_ticks=$(awk '{print $14+$15}' /proc/$P/stat); "
+            "echo gw_rss=$(awk '/^VmRSS/{print $2*1024}' /proc/$P/status); "
+            "echo gw_fds=$(ls /proc/$P/fd | wc -l); fi",
+            f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2}} END{{print s+0}}')",
+        ]
+    return "; ".join(lines)
+
+
+def parse_sample(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and re.fullmatch(r"[a-z_]+", key):
+            out[key] = value.strip()
+    return out
+
+
+class SampleDeltas:
+    """Turns successive raw samples of one host into rows (CPU % needs two samples)."""
+
+    CLK_TCK = 100
+
+    def __init__(self) -> None:
+        self.prev: dict[str, dict] = {}
+
+    def rows(self, host: str, role: str, raw: dict[str, str]) -> list[tuple]:
+        try:
+            ts = float(raw["ts"])
+        except (KeyError, ValueError):
+            return []
+        rows = []
+
+        def add(metric, value):
+            rows.append((round(ts, 3), host, role, metric, value))
+
+        cpu = [int(x) for x in raw.get("cpu", "").split()[:8] if x.isdigit()]
+        prev = self.prev.get(host)
+        if cpu and prev and prev.get("cpu"):
+            busy = sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)
+            pbusy = sum(prev["cpu"]) - prev["cpu"][3] - (prev["cpu"][4] if len(prev["cpu"]) > 4 else 0)
+            total = sum(cpu) - sum(prev["cpu"])
+            if total > 0:
+                add("host_cpu_percent", round(100.0 * (busy - pbusy) / total, 2))
+        for key, metric in (("mem_used", "host_mem_used_bytes"), ("established", "established"),
+                            ("gw_rss", "gateway_rss_bytes"), ("gw_fds", "gateway_fds"),
+                            ("gw_active", "gateway_active_connections")):
+            if raw.get(key, "").strip().isdigit():
+                add(metric, int(raw[key]))
+        ticks = raw.get("gw_ticks", "")
+        if ticks.isdigit() and prev and prev.get("gw_ticks") is not None and ts > prev["ts"]:
+            add("gateway_cpu_percent", round((int(ticks) - prev["gw_ticks"]) / self.CLK_TCK / (ts - prev["ts"]) * 100, 2))
+        self.prev[host] = {"cpu": cpu, "ts": ts, "gw_ticks": int(ticks) if ticks.isdigit() else None}
+        return rows
