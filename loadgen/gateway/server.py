@@ -20,6 +20,7 @@ from loadgen.gateway.registry import LocalRouter, Router
 
 log = logging.getLogger("loadgen.gateway")
 CLOSE_REPLACED = 4000  # application close code: a newer connection of the same user took over
+CLOSE_GRACE_S = 1.0
 
 
 class Gateway:
@@ -117,7 +118,9 @@ class GatewaySession(WSListener):
                 transport.send_close(code, reason.encode())
             except Exception:  # the socket may already be gone; closing is all that matters
                 pass
-            transport.disconnect()
+            # Let the close frame reach the peer before the socket goes (an immediate close with unread
+            # input sends RST and the peer never learns why); a peer that never answers is cut anyway.
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect)
 
     def _error(self, kind: str, detail: str, msg_id=None) -> None:
         m = self.gw.metrics
@@ -127,7 +130,9 @@ class GatewaySession(WSListener):
             self.abort("abuse_bad_frames", WSCloseCode.POLICY_VIOLATION)
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
-        if self.closing:
+        if self.closing:  # only the peer's close reply matters now
+            if frame.msg_type == WSMsgType.CLOSE:
+                transport.disconnect()
             return
         kind = frame.msg_type
         if kind == WSMsgType.CLOSE:

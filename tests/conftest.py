@@ -1,0 +1,82 @@
+"""Shared fixtures: a real reference gateway on 127.0.0.1, and the loadgen CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+TOKEN = "test-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningGateway:
+    def __init__(self, proc, port, metrics_port, token):
+        self.proc, self.port, self.metrics_port, self.token = proc, port, metrics_port, token
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_gateway(tmp_path, config_text: str | None = None, token: str = TOKEN) -> RunningGateway:
+    port, mport = free_port(), free_port()
+    args = [sys.executable, "-m", "loadgen", "gateway", "--port", str(port), "--metrics-port", str(mport),
+            "--node-id", "test-gw"]
+    if config_text is not None:
+        cfg = tmp_path / f"config-{port}.yaml"
+        cfg.write_text(config_text)
+        args += ["--config", str(cfg)]
+    log = open(tmp_path / f"gateway-{port}.log", "w")
+    proc = subprocess.Popen(args, env={**os.environ, "AUTH_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited: {(tmp_path / f'gateway-{port}.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return RunningGateway(proc, port, mport, token)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("gateway did not start listening")
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = start_gateway(tmp_path)
+    yield gw
+    gw.stop()
+
+
+def run_loadgen(*args, env_extra=None, timeout=120, token=TOKEN) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTH_TOKEN", "GATEWAY_HOST", "GATEWAY_PORT", "MESSAGE_SIZE")}
+    if token is not None:
+        env["AUTH_TOKEN"] = token
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)

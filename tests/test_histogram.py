@@ -1,0 +1,58 @@
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from loadgen.agent import histogram as hdr
+
+
+def exact_percentile(values, p):
+    ordered = sorted(values)
+    k = max(0, int(-(-p / 100 * len(ordered) // 1)) - 1)  # nearest-rank
+    return ordered[k]
+
+
+def test_merged_percentiles_equal_percentiles_of_all_samples():
+    rng = random.Random(7)
+    agents = [[rng.randint(100, 5_000) for _ in range(3000)],      # fast agent
+              [rng.randint(20_000, 90_000) for _ in range(500)],   # slow agent
+              [int(rng.expovariate(1 / 8000)) + 1 for _ in range(2000)]]
+    merged = hdr.new_histogram()
+    for values in agents:
+        h = hdr.new_histogram()
+        for v in values:
+            hdr.record_us(h, v)
+        hdr.merge_encoded(merged, hdr.encode(h))  # through the CSV encoding, as the report does
+    everything = [v for values in agents for v in values]
+    for p in (50, 95, 99, 99.9):
+        want = exact_percentile(everything, p)
+        got = merged.get_value_at_percentile(p)
+        assert abs(got - want) <= want * 0.001 + 1, (p, got, want)
+    # the average of per-agent p99s is far from the truth: the reason we merge
+    per_agent = []
+    for values in agents:
+        per_agent.append(exact_percentile(values, 99))
+    assert abs(sum(per_agent) / 3 - exact_percentile(everything, 99)) > 10_000
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 10**9), min_size=1, max_size=200), min_size=1, max_size=5))
+def test_merge_is_exact_for_any_split(chunks):
+    merged = hdr.new_histogram()
+    whole = hdr.new_histogram()
+    for chunk in chunks:
+        h = hdr.new_histogram()
+        for v in chunk:
+            hdr.record_us(h, v)
+            hdr.record_us(whole, v)
+        hdr.merge_encoded(merged, hdr.encode(h))
+    assert merged.get_total_count() == whole.get_total_count()
+    for p in (50, 90, 99, 100):
+        assert merged.get_value_at_percentile(p) == whole.get_value_at_percentile(p)
+
+
+def test_empty_encodes_to_empty_cell_and_clamps_out_of_range():
+    h = hdr.new_histogram()
+    assert hdr.encode(h) == "" and hdr.percentiles_ms(hdr.decode(""))["p99"] is None
+    hdr.record_us(h, 0)
+    hdr.record_us(h, 10**15)
+    assert h.get_total_count() == 2

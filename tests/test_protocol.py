@@ -1,0 +1,83 @@
+"""The wire protocol on both sides, without sockets: gateway parsing and the agent's fast reader."""
+
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from loadgen.agent import frames
+from loadgen.gateway import protocol
+from loadgen.gateway.guard import AbuseGuard
+
+
+def test_send_round_trip_keeps_sender_id_and_timestamp():
+    raw = frames.send_frame(b"bob", 42, 123456789012345, frames.make_body(100))
+    cmd = protocol.parse_client_frame(raw)
+    assert cmd == protocol.Command("send", to="bob", id=42, ts=123456789012345, body=frames.make_body(100).decode())
+    delivered = protocol.deliver_frame("alice", cmd)
+    obj = json.loads(delivered)
+    assert obj == {"type": "msg", "from": "alice", "id": 42, "ts": 123456789012345, "body": cmd.body}
+    assert frames.classify(delivered) == (frames.MSG, 123456789012345)
+
+
+def test_echo_ping_ack_error_frames_classified():
+    cmd = protocol.parse_client_frame(frames.echo_frame(7, 99, b"hi"))
+    assert frames.classify(protocol.echo_frame(cmd)) == (frames.ECHO, 99)
+    assert frames.classify(protocol.ack_frame(cmd))[0] == frames.ACK
+    ping = protocol.parse_client_frame(frames.ping_frame(5))
+    assert ping.type == "ping" and frames.classify(protocol.pong_frame(ping))[0] == frames.PONG
+    assert frames.classify(protocol.error_frame("malformed", "x"))[0] == frames.ERROR
+
+
+def test_classify_falls_back_to_json_for_other_layouts():
+    assert frames.classify(b'{"ts": 12, "type": "msg", "from": "a"}') == (frames.MSG, 12)
+    assert frames.classify(b"garbage") == (frames.OTHER, None)
+
+
+def test_body_has_exact_size():
+    for n in (1, 16, 1024, 4097):
+        assert len(frames.make_body(n)) == n
+
+
+BAD = [
+    (b"{not json", "malformed"),
+    (b"[1,2]", "malformed"),
+    (b'"str"', "malformed"),
+    (b'{"type":"launch"}', "unknown_type"),
+    (b'{"type":"send","id":1,"to":"bad id!"}', "bad_field"),
+    (b'{"type":"send","to":"bob"}', "bad_field"),
+    (b'{"type":"send","id":1.5,"to":"bob"}', "bad_field"),
+    (b'{"type":"send","id":1,"to":"bob","ts":"now"}', "bad_field"),
+    (b'{"type":"send","id":1,"to":"bob","body":{"x":1}}', "bad_field"),
+    (b'{"type":"echo","id":true}', "bad_field"),
+    (b"\xff\xfe", "malformed"),
+    (b"[" * 100000, "malformed"),
+]
+
+
+def test_bad_frames_become_counted_errors():
+    for raw, kind in BAD:
+        result = protocol.parse_client_frame(raw)
+        assert isinstance(result, protocol.ProtocolError), raw[:40]
+        assert result.kind == kind, raw[:40]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                              lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
+                                  ["type", "to", "id", "ts", "body", "x"]), c, max_size=5), max_leaves=10)
+                 .map(lambda o: json.dumps(o).encode())))
+def test_parser_never_raises_on_hostile_input(raw):
+    result = protocol.parse_client_frame(raw)
+    assert isinstance(result, (protocol.Command, protocol.ProtocolError))
+    if isinstance(result, protocol.Command):  # anything accepted can be answered
+        protocol.deliver_frame("u", result) if result.type == "send" else protocol.pong_frame(result)
+
+
+def test_guard_allows_burst_then_refuses_flood_and_bad_frames():
+    g = AbuseGuard(rate=10, burst=20, bad_limit=3)
+    assert all(g.allow_frame(0.0) for _ in range(20))
+    assert not g.allow_frame(0.0)
+    assert g.allow_frame(0.2)  # refilled 2 tokens
+    assert [g.bad_frame(1.0) for _ in range(4)] == [True, True, True, False]
+    assert g.bad_frame(100.0)  # a new minute
