@@ -74,7 +74,8 @@ def gateway_figures(rows: list[dict], hold: tuple[float, float] | None) -> dict:
         if peak["active_connections"] > base["active_connections"]:
             mem_per_conn.append((peak["rss_bytes"] - base["rss_bytes"])
                                 / (peak["active_connections"] - base["active_connections"]))
-        for a, b in zip(series, series[5:]):  # CPU over 5-sample windows
+        window = min(5, len(series) - 1)  # CPU over 5-sample windows (fewer on a short run)
+        for a, b in zip(series, series[window:]) if window > 0 else ():
             if b["ts"] > a["ts"]:
                 cpu_peak.append((b["cpu_seconds"] - a["cpu_seconds"]) / (b["ts"] - a["ts"]) * 100.0)
         if hold:

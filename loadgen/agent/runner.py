@@ -77,6 +77,7 @@ class Totals:
         self.first_ts = None
         self.last_ts = None
         self.peak_active: dict[int, int] = {}
+        self.warm: set[int] = set()
 
     def add(self, row: dict) -> None:
         for name in COUNTERS:
@@ -84,7 +85,7 @@ class Totals:
         hdr.merge_encoded(self.latency, row["latency_hdr"])
         hdr.merge_encoded(self.connect, row["connect_hdr"])
         hdr.merge_encoded(self.session, row["session_hdr"])
-        if row["phase"] == "hold":
+        if row["phase"] == "hold" and row["worker"] in self.warm:  # each worker's first hold second is warm-up
             self.hold_received += row["msgs_received"]
             self.hold_rows += 1
             ts = row["ts"]
@@ -92,6 +93,8 @@ class Totals:
         self.first_ts = row["ts"] if self.first_ts is None else min(self.first_ts, row["ts"])
         self.last_ts = row["ts"] if self.last_ts is None else max(self.last_ts, row["ts"])
         self.peak_active[row["worker"]] = max(self.peak_active.get(row["worker"], 0), row["active"])
+        if row["phase"] == "hold":
+            self.warm.add(row["worker"])
 
 
 def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> dict:

@@ -111,6 +111,7 @@ class Worker:
         self.high = 0
         self.down: set[int] = set()
         self.active = 0
+        self.closing = 0  # planned closes waiting for the gateway's close reply
         self.connecting = 0
         self.body = frames.make_body(plan.message_size)
         self.sends = OpenSchedule(plan.rate, self.rng)
@@ -151,6 +152,7 @@ class Worker:
         hdr.record_us(self.iv.session, (now - conn.established_ns) // 1000)
         self.beats.remove(slot)
         if conn.planned:
+            self.closing -= 1
             self.iv.closes += 1
             self.state[slot] = IDLE
             self.sends.remove(slot)
@@ -206,11 +208,16 @@ class Worker:
         if conn is None or conn.transport is None or conn.planned:
             return
         conn.planned = True
+        self.closing += 1
         conn.transport.send_close(WSCloseCode.OK)
         asyncio.get_running_loop().call_later(CLOSE_WAIT_S, conn.transport.disconnect)
 
+    def held(self) -> int:
+        """Connections that count toward the target: open (not closing), connecting, or waiting to reconnect."""
+        return self.active - self.closing + self.connecting + len(self.down)
+
     def adjust(self, target: int, now_ns: int) -> None:
-        busy = self.active + self.connecting + len(self.down)
+        busy = self.held()
         loop = asyncio.get_running_loop()
         if busy < target or self.down:
             budget = self.plan.max_connecting - self.connecting
@@ -221,7 +228,7 @@ class Worker:
                 self.connecting += 1
                 budget -= 1
                 loop.create_task(self._open(slot))
-            want = min(target - (self.active + self.connecting + len(self.down)), budget)
+            want = min(target - self.held(), budget)
             for _ in range(max(want, 0)):
                 if self.idle:
                     slot = heapq.heappop(self.idle)
@@ -233,7 +240,7 @@ class Worker:
                 self.state[slot] = CONNECTING
                 self.connecting += 1
                 loop.create_task(self._open(slot))
-        excess = self.active + self.connecting + len(self.down) - target
+        excess = self.held() - target
         if excess > 0:
             # planned closes are LIFO (newest slot first); down slots are simply given up
             for slot in sorted(self.down, reverse=True)[:excess]:
@@ -342,7 +349,9 @@ class Worker:
         for slot in range(self.high):  # sessions of connections that did not close in time
             conn = self.conns[slot]
             if self.state[slot] == OPEN and conn is not None:
-                conn.planned = True
+                if not conn.planned:
+                    conn.planned = True
+                    self.closing += 1
                 self.on_disconnected(conn)
         self.flush(t0, "drain", 0)
         self.emit(("done", self.index))

@@ -1,0 +1,555 @@
+"""From a loaded run directory to figures: merged histograms, verdict, time series, hosts, diagnostics.
+
+Rules (issue 3): percentiles come from merged HDR histograms, never averages of percentiles; totals are
+recomputed from every agent's timeseries.csv (a dead agent has no summary.json, but its rows count);
+a dead, unreachable or missing agent makes the run PARTIAL; leak detection is a least-squares
+regression of gateway RSS over the hold phase against `criteria.LEAK_BYTES_PER_MIN`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import time
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from loadgen import __version__
+from loadgen.agent.interval import FAIL_REASONS
+from loadgen.agent.runner import print_summary
+from loadgen.gateway.metrics import parse_exposition
+from loadgen.plan import criteria as crit
+from loadgen.report import diagnostics, hosts
+from loadgen.report.hist import Hist, decoder
+from loadgen.report.load import RunData, run_agents
+
+MAX_POINTS = 600  # time-series resolution: bins are widened so a chart has at most this many points
+NICE_BINS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+IMBALANCE_WARN = 1.2  # max/mean of connections per node above this is flagged
+
+
+def _num(v):
+    """JSON-safe float (None for NaN/inf/None)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+# ---------------------------------------------------------------- window
+
+
+def _window(run: RunData, ts: pd.DataFrame | None) -> dict:
+    planned = _num(run.plan.get("start_at"))
+    if planned is None:
+        starts = [_num((a.summary or {}).get("planned_start_at")) for a in run.agents.values()]
+        starts = [s for s in starts if s]
+        planned = min(starts) if starts else None
+    first = float(ts["ts"].min()) - 1.0 if ts is not None and len(ts) else None
+    last = float(ts["ts"].max()) if ts is not None and len(ts) else None
+    if run.samples is not None and len(run.samples):
+        first = min(x for x in (first, float(run.samples["ts"].min())) if x is not None)
+        last = max(x for x in (last, float(run.samples["ts"].max())) if x is not None)
+    t0 = planned if planned is not None else first
+    if t0 is None:
+        return {"t0": None, "end": None, "bin_s": 1, "nbins": 0, "hold": None, "planned_start": planned}
+    if first is not None:
+        t0 = min(t0, first)  # nothing plots before zero
+    end = max(last if last is not None else t0 + 1, t0 + 1)
+    span = end - t0
+    bin_s = next((b for b in NICE_BINS if span / b <= MAX_POINTS), int(math.ceil(span / MAX_POINTS)))
+    hold = None
+    if ts is not None and len(ts):
+        h = ts.loc[ts["phase"] == "hold", "ts"]
+        if len(h):
+            hold = (float(h.min()), float(h.max()))
+    return {"t0": t0, "end": end, "bin_s": bin_s, "nbins": int(math.ceil(span / bin_s)) + 1, "hold": hold,
+            "planned_start": planned}
+
+
+# ---------------------------------------------------------------- histograms
+
+
+def merge_histograms(df: pd.DataFrame, column: str, hosts_: list[str], per_bin: bool, nbins: int) -> dict:
+    """Total, per-agent and (optionally) per-bin percentiles of one histogram column: one decode per cell."""
+    dec = decoder()
+    total = Hist()
+    per_agent = {h: Hist() for h in hosts_}
+    out = {"total": total, "agents": per_agent, "bad_cells": 0}
+    if df is None or not len(df):
+        return out
+    cells = df[column].to_numpy()
+    agent_idx = df["host_idx"].to_numpy()
+    agent_counts = [per_agent[h].counts for h in hosts_]
+    if not per_bin:
+        for cell, ai in zip(cells, agent_idx):
+            try:
+                dec.add(total.counts, cell, agent_counts[ai])
+            except Exception:  # noqa: BLE001 - a damaged cell is counted, not fatal
+                out["bad_cells"] += 1
+        return out
+    bins = df["bin"].to_numpy()
+    order = np.argsort(bins, kind="stable")
+    bins, cells, agent_idx = bins[order], cells[order], agent_idx[order]
+    cuts = np.flatnonzero(np.diff(bins)) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [len(bins)]))
+    pct = {k: np.full(nbins, np.nan) for k in ("p50", "p95", "p99", "max")}
+    for s, e in zip(starts, ends):
+        h = Hist()
+        for i in range(s, e):
+            try:
+                dec.add(h.counts, cells[i], agent_counts[agent_idx[i]])
+            except Exception:  # noqa: BLE001
+                out["bad_cells"] += 1
+        if h.total:
+            p = h.percentiles_ms((50, 95, 99))
+            b = bins[s]
+            for k in pct:
+                pct[k][b] = p[k]
+            total.add(h)
+    out["per_bin"] = pct
+    return out
+
+
+# ---------------------------------------------------------------- criteria
+
+
+def criteria_for(run: RunData, scenario: str, hold_s: float, offered: float) -> tuple[list[crit.Criterion], str]:
+    """plan.json 'criteria' wins; else the agents' (throughput target summed); else the spec's defaults."""
+    defs = run.plan.get("criteria")
+    if isinstance(defs, list) and defs:
+        out = []
+        for d in defs:
+            if isinstance(d, dict) and d.get("name") in crit.LABELS and d.get("op") in ("<", ">"):
+                out.append(crit.Criterion(d["name"], d["op"], float(d["target"]), d.get("label") or crit.LABELS[d["name"]]))
+        if out:
+            return out, "plan.json"
+    rows_by_agent = [a.summary["criteria"] for a in run.agents.values()
+                     if a.summary and isinstance(a.summary.get("criteria"), list)]
+    if rows_by_agent:
+        out = []
+        for r in rows_by_agent[0]:
+            target = float(r["target"])
+            if r["name"] == "throughput_per_s":  # each agent's target is its own share of the offered load
+                target = sum(float(x["target"]) for rows in rows_by_agent for x in rows if x["name"] == r["name"])
+            out.append(crit.Criterion(r["name"], r["op"], target, r.get("label") or crit.LABELS.get(r["name"], r["name"])))
+        return out, "agents' summary.json (throughput target summed over agents)"
+    return crit.default_criteria(scenario, hold_s=hold_s, offered_per_s=offered), f"spec defaults for '{scenario}'"
+
+
+# ---------------------------------------------------------------- plan facts
+
+
+def _plan_facts(run: RunData) -> dict:
+    from loadgen.plan.stages import Profile, parse_stage
+
+    plan = run.plan
+    agent_plan = next((a.summary.get("plan") for a in run.agents.values() if a.summary and a.summary.get("plan")), {})
+    stages = plan.get("stages") or agent_plan.get("stages") or []
+    stages = [s if isinstance(s, str) else f"{s.get('duration')}:{s.get('target')}" for s in stages]
+    hold_s, total_s, peak = 0.0, None, None
+    try:
+        profile = Profile([parse_stage(s) for s in stages])
+        hold_s, total_s, peak = profile.hold_s(), profile.total_s, profile.peak
+    except Exception:  # noqa: BLE001 - stages are shown as written even if they do not parse
+        pass
+    rate = _num(plan.get("rate", plan.get("rate_per_user", agent_plan.get("rate_per_user"))))
+    offered = sum(_num((a.summary or {}).get("plan", {}).get("offered_msgs_per_s")) or 0 for a in run.agents.values())
+    if not offered and rate and peak:
+        offered = rate * peak
+    return {"stages": stages, "hold_s": hold_s, "total_s": total_s, "peak": peak, "rate": rate,
+            "offered_msgs_per_s": offered or None,
+            "message_size": plan.get("message_size", agent_plan.get("message_size"))}
+
+
+# ---------------------------------------------------------------- gateway nodes
+
+
+def gateway_frame(run: RunData) -> tuple[pd.DataFrame | None, str]:
+    """Per-node gateway samples ts,node,conns,rss,cpu_percent,fds: probes/samples.csv, else agents' scrapes."""
+    s = run.samples
+    if s is not None and len(s):
+        g = s[s["metric"].str.startswith("gateway_")]
+        if len(g):
+            wide = g.pivot_table(index=["host", "ts"], columns="metric", values="value", aggfunc="last").reset_index()
+            wide = wide.rename(columns={"host": "node", "gateway_active_connections": "conns", "gateway_rss_bytes": "rss",
+                                        "gateway_cpu_percent": "cpu_percent", "gateway_fds": "fds"})
+            for c in ("conns", "rss", "cpu_percent", "fds"):
+                if c not in wide.columns:
+                    wide[c] = np.nan
+            return wide[["ts", "node", "conns", "rss", "cpu_percent", "fds"]].sort_values(["node", "ts"]), "probes/samples.csv"
+    frames = []
+    for host, a in run.agents.items():
+        if a.gateway_metrics is not None and len(a.gateway_metrics):
+            frames.append(a.gateway_metrics.assign(_agent=host))
+    if not frames:
+        return None, "not collected"
+    gm = pd.concat(frames, ignore_index=True)
+    # several agents may scrape the same URL: keep the agent with the most samples of it
+    best = gm.groupby(["url", "_agent"]).size().reset_index(name="n").sort_values("n").groupby("url").tail(1)
+    gm = gm.merge(best[["url", "_agent"]], on=["url", "_agent"]).sort_values(["url", "ts"])
+    gm["node"] = gm["url"].map(lambda u: urlparse(u).netloc or u)
+    # CPU over 5-sample windows, as the agent computes it (loadgen.agent.gateway_scrape)
+    d_cpu = gm.groupby("url")["cpu_seconds"].diff(5)
+    d_ts = gm.groupby("url")["ts"].diff(5)
+    gm["cpu_percent"] = (d_cpu / d_ts * 100.0).where(d_ts > 0)
+    out = gm.rename(columns={"active_connections": "conns", "rss_bytes": "rss", "open_fds": "fds"})
+    return out[["ts", "node", "conns", "rss", "cpu_percent", "fds"]], "agents' gateway_metrics.csv"
+
+
+def rss_regression(ts: np.ndarray, rss: np.ndarray) -> dict | None:
+    """Least squares RSS = a + b*t over the hold; slope in bytes/min and R^2 (None under 3 points)."""
+    ok = np.isfinite(ts) & np.isfinite(rss)
+    ts, rss = ts[ok], rss[ok]
+    if len(ts) < 3 or np.ptp(ts) <= 0:
+        return None
+    minutes = (ts - ts[0]) / 60.0
+    slope, intercept = np.polyfit(minutes, rss, 1)
+    fit = intercept + slope * minutes
+    ss_tot = float(((rss - rss.mean()) ** 2).sum())
+    r2 = 1.0 - float(((rss - fit) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
+    return {"slope_bytes_per_min": float(slope), "r2": r2, "points": int(len(ts)), "minutes": float(minutes[-1]),
+            "rss_start": float(fit[0]), "rss_end": float(fit[-1])}
+
+
+def gateway_nodes(gw: pd.DataFrame | None, hold) -> list[dict]:
+    if gw is None or not len(gw):
+        return []
+    nodes = []
+    for node, g in gw.groupby("node", sort=True):
+        g = g.sort_values("ts")
+        conns = g["conns"].to_numpy(dtype=float)
+        rss = g["rss"].to_numpy(dtype=float)
+        row = {"node": node, "samples": int(len(g)), "peak_connections": _num(np.nanmax(conns)) if np.isfinite(conns).any() else None,
+               "rss_max": _num(np.nanmax(rss)) if np.isfinite(rss).any() else None,
+               "fds_max": _num(g["fds"].max()), "memory_per_connection": None, "cpu_peak": None, "leak": None,
+               "hold_connections": None}
+        finite = np.isfinite(conns) & np.isfinite(rss)
+        if finite.sum() >= 2:
+            c, r = conns[finite], rss[finite]
+            peak = int(np.argmax(c))
+            if c[peak] > c[0]:  # same formula as the agent: (RSS at peak - RSS at start) / connections added
+                row["memory_per_connection"] = (r[peak] - r[0]) / (c[peak] - c[0])
+        cpu = g["cpu_percent"].astype(float)
+        if cpu.notna().any():
+            row["cpu_peak"] = _num(cpu.rolling(5, min_periods=1).mean().max())
+            row["cpu_mean"] = _num(cpu.mean())
+        if hold:
+            in_hold = g[(g["ts"] >= hold[0]) & (g["ts"] <= hold[1])]
+            row["leak"] = rss_regression(in_hold["ts"].to_numpy(dtype=float), in_hold["rss"].to_numpy(dtype=float))
+            if len(in_hold) and in_hold["conns"].notna().any():
+                row["hold_connections"] = _num(in_hold["conns"].mean())
+        nodes.append(row)
+    return nodes
+
+
+# ---------------------------------------------------------------- agents
+
+
+def _agent_state(host: str, a, facts: dict) -> tuple[str, str | None]:
+    """done | dead | unreachable | missing | incomplete, and why."""
+    state = str(facts.get("state") or facts.get("exit_state") or "").lower()
+    if state in ("dead", "unreachable"):
+        return state, facts.get("reason") or facts.get("error") or f"run.json says {state}"
+    if a.path is None or (a.timeseries is None and a.summary is None):
+        return "missing", "no output collected from this generator"
+    if a.summary is None:
+        return "dead", "no summary.json: the agent ended without summarizing (killed or crashed)"
+    if not a.summary.get("complete", True) or a.summary.get("workers_dead"):
+        why = a.summary.get("stopped_by") or f"workers died: {a.summary.get('workers_dead')}"
+        return "incomplete", f"agent summary not complete ({why})"
+    return "done", None
+
+
+def _skew(a, facts: dict, planned) -> dict:
+    s = a.summary or {}
+    worker_skews = [v for v in (s.get("start_skew_ms") or {}).values() if _num(v) is not None]
+    skew = _num(facts.get("start_skew_ms"))
+    if skew is None and s.get("started_at") and (s.get("planned_start_at") or planned):
+        skew = (float(s["started_at"]) - float(s.get("planned_start_at") or planned)) * 1000.0
+    return {"start_skew_ms": skew, "worker_skew_max_ms": max(worker_skews) if worker_skews else None}
+
+
+# ---------------------------------------------------------------- main
+
+
+def analyze(run: RunData) -> dict:
+    started = time.perf_counter()
+    hosts_ = list(run.agents)
+    frames = []
+    for i, h in enumerate(hosts_):
+        df = run.agents[h].timeseries
+        if df is not None and len(df):
+            frames.append(df.assign(host=h, host_idx=i))
+    ts = pd.concat(frames, ignore_index=True) if frames else None
+    win = _window(run, ts)
+    pf = _plan_facts(run)
+    scenario = str(run.plan.get("scenario") or next((a.summary.get("scenario") for a in run.agents.values() if a.summary), "") or "cluster")
+    nb = win["nbins"]
+    if ts is not None:
+        ts["bin"] = np.clip(((ts["ts"] - win["t0"]) // win["bin_s"]).astype("int64"), 0, nb - 1)
+
+    lat = merge_histograms(ts, "latency_hdr", hosts_, True, nb)
+    con = merge_histograms(ts, "connect_hdr", hosts_, False, nb)
+    ses = merge_histograms(ts, "session_hdr", hosts_, False, nb)
+    bad_cells = lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"]
+
+    counters = ["connects_ok", *(f"fail_{r}" for r in FAIL_REASONS), "disconnects", "closes", "msgs_sent",
+                "msgs_received", "msgs_acked", "msgs_errors", "msgs_send_failed", "msgs_skipped", "bytes_sent",
+                "bytes_received", "pings", "pongs"]
+    c = {k: int(ts[k].sum()) if ts is not None else 0 for k in counters}
+    failed = sum(c[f"fail_{r}"] for r in FAIL_REASONS)
+    attempted = c["connects_ok"] + failed
+    offered_msgs = c["msgs_sent"] + c["msgs_send_failed"]
+
+    # throughput: per worker, received per hold second (its first hold second excluded), summed
+    throughput, hold_workers = None, 0
+    if ts is not None and c["msgs_sent"]:
+        hold_rows = ts[ts["phase"] == "hold"].sort_values("ts")
+        if len(hold_rows):
+            rates = []
+            for _, g in hold_rows.groupby(["host", "worker"]):
+                g = g.iloc[1:] if len(g) > 1 else g
+                rates.append(g["msgs_received"].sum() / len(g))
+            throughput, hold_workers = float(sum(rates)), len(rates)
+        else:
+            span = max(1.0, float(ts["ts"].max() - ts["ts"].min()) + 1)
+            throughput = c["msgs_received"] / span
+
+    connect = con["total"].percentiles_ms((50, 95, 99))
+    latency = lat["total"].percentiles_ms((50, 95, 99))
+    session = ses["total"].percentiles_ms((50, 95, 99))
+
+    gw, gw_source = gateway_frame(run)
+    nodes = gateway_nodes(gw, win["hold"])
+
+    def worst(key, sub=None):
+        vals = [(n[key][sub] if sub else n[key], n) for n in nodes if n.get(key) is not None and (not sub or n[key])]
+        return max(vals, key=lambda x: x[0]) if vals else (None, None)
+
+    mem, mem_node = worst("memory_per_connection")
+    cpu, cpu_node = worst("cpu_peak")
+    growth, leak_node = worst("leak", "slope_bytes_per_min")
+    metrics = {
+        "connection_success_rate": c["connects_ok"] / attempted if attempted else None,
+        "connect_p95_ms": connect["p95"],
+        "message_p99_ms": latency["p99"],
+        "message_success_rate": c["msgs_received"] / offered_msgs if offered_msgs else None,
+        "session_p95_s": session["p95"] / 1000 if session["p95"] is not None else None,
+        "throughput_per_s": throughput,
+        "gateway_memory_per_connection_bytes": mem,
+        "gateway_cpu_percent": cpu,
+        "gateway_rss_growth_bytes_per_min": growth,
+    }
+    criteria, criteria_source = criteria_for(run, scenario, pf["hold_s"], pf["offered_msgs_per_s"] or 0.0)
+    rows, criteria_ok = crit.evaluate(criteria, metrics)
+    n_agents_data = sum(1 for a in run.agents.values() if a.timeseries is not None and len(a.timeseries))
+    reasons = {f"fail_{r}": c[f"fail_{r}"] for r in FAIL_REASONS}
+    evidence = {
+        "connection_success_rate": f"{c['connects_ok']:,} established of {attempted:,} attempts; failures: "
+        + (", ".join(f"{k[5:]}={v:,}" for k, v in reasons.items() if v) or "none"),
+        "connect_p95_ms": f"merged connect-time histogram of {connect['count']:,} handshakes from {n_agents_data} agent(s)",
+        "message_p99_ms": f"merged latency histogram of {latency['count']:,} messages (receive time - scheduled send time)",
+        "message_success_rate": f"{c['msgs_received']:,} received of {offered_msgs:,} offered "
+        f"({c['msgs_sent']:,} sent + {c['msgs_send_failed']:,} not sendable)",
+        "session_p95_s": f"merged histogram of {session['count']:,} ended sessions",
+        "throughput_per_s": f"messages received per hold second, per worker (first hold second excluded), summed over "
+        f"{hold_workers} worker(s); offered {pf['offered_msgs_per_s'] or 0:,.0f} msg/s",
+        "gateway_memory_per_connection_bytes": f"worst node {mem_node['node']}: (RSS at peak connections - RSS at first "
+        f"sample) / connections added; source {gw_source}" if mem_node else f"gateway memory {gw_source}",
+        "gateway_cpu_percent": f"worst node {cpu_node['node']}, peak of a 5-sample mean; source {gw_source}"
+        if cpu_node else f"gateway CPU {gw_source}",
+        "gateway_rss_growth_bytes_per_min": (
+            f"worst node {leak_node['node']}: least-squares slope of RSS over {leak_node['leak']['minutes']:.1f} min of hold "
+            f"({leak_node['leak']['points']} samples, R^2 {leak_node['leak']['r2']:.2f}); threshold "
+            f"{crit.LEAK_BYTES_PER_MIN:,} bytes/min; source {gw_source}") if leak_node
+        else "needs gateway RSS samples during the hold phase",
+    }
+    for r in rows:
+        r["evidence"] = evidence.get(r["name"], "")
+
+    series = _series(ts, win, lat, gw, gw_source)
+    # agents, skew, partial
+    facts_by_agent = run_agents(run.run)
+    agents_out, partial = {}, []
+    for i, (host, a) in enumerate(run.agents.items()):
+        facts = facts_by_agent.get(host, {})
+        state, why = _agent_state(host, a, facts)
+        s = a.summary or {}
+        df = a.timeseries
+        row = {"host": host, "state": state, "why": why, "version": s.get("version"),
+               "agent_id": s.get("agent") or (str(df["agent"].iloc[0]) if df is not None and len(df) else None),
+               "started_at": _num(s.get("started_at") or facts.get("started_at")), "ended_at": _num(s.get("ended_at")),
+               "rows": int(len(df)) if df is not None else 0,
+               "workers": int(df["worker"].nunique()) if df is not None and len(df) else 0,
+               "workers_dead": s.get("workers_dead") or [], "stopped_by": s.get("stopped_by"),
+               "problems": a.problems, "log_tail": a.log_tail if state != "done" else None}
+        row.update(_skew(a, facts, win["planned_start"]))
+        if df is not None and len(df):
+            ok = int(df["connects_ok"].sum())
+            fail = int(df[[f"fail_{r}" for r in FAIL_REASONS]].to_numpy().sum())
+            gen = series.get("active_by_generator", {}).get(host)
+            peak = np.nanmax(gen) if gen is not None and np.isfinite(gen).any() else 0
+            row.update({"attempted": ok + fail, "established": ok, "success_rate": ok / (ok + fail) if ok + fail else None,
+                        "peak_active": int(peak), "sent": int(df["msgs_sent"].sum()), "received": int(df["msgs_received"].sum()),
+                        "latency_p99_ms": lat["agents"][host].percentiles_ms((99,))["p99"],
+                        "connect_p95_ms": con["agents"][host].percentiles_ms((95,))["p95"]})
+        agents_out[host] = row
+        if state != "done":
+            partial.append(f"agent {host}: {state} ({why})")
+    if not run.agents:
+        partial.append("no agent output in agents/")
+    elif ts is None:
+        partial.append("no agent produced any timeseries rows")
+    stop = run.run.get("stop_reason") or run.run.get("stopped_by")
+    if stop:
+        partial.append(f"run stopped early: {stop}")
+    if bad_cells:
+        partial.append(f"{bad_cells} damaged histogram cell(s) skipped")
+    measured = any(r["passed"] is not None for r in rows)
+    if not criteria_ok:
+        status = "FAIL"
+    elif partial or not measured:
+        status = "PARTIAL"
+        if not measured and not partial:
+            partial.append("no success criterion could be measured")
+    else:
+        status = "PASS"
+
+    dist = _distribution(nodes, agents_out, gw_source)
+    host_info = hosts.analyze_hosts(run, win, nodes)
+    planned_start = win["planned_start"]
+    summary = {
+        "schema": "loadgen-report/1",
+        "status": status, "passed": status == "PASS", "complete": not partial,
+        "partial_reasons": partial,
+        "run_id": run.run_id, "scenario": scenario, "agent": "cluster", "version": __version__,
+        "generated_at": time.time(),
+        "started_at": min((r["started_at"] for r in agents_out.values() if r["started_at"]), default=None),
+        "ended_at": max((r["ended_at"] for r in agents_out.values() if r["ended_at"]), default=None),
+        "planned_start_at": planned_start,
+        "plan": pf,
+        "connections": {"attempted": attempted, "established": c["connects_ok"], "failed": failed,
+                        "success_rate": metrics["connection_success_rate"],
+                        "failed_by_reason": {k[5:]: v for k, v in reasons.items() if v},
+                        "disconnects": c["disconnects"], "closes": c["closes"],
+                        "peak_active": _num(np.nanmax(series["active_total"])) if series.get("active_total") is not None
+                        and np.isfinite(series["active_total"]).any() else 0},
+        "connect_ms": connect,
+        "messages": {"sent": c["msgs_sent"], "received": c["msgs_received"], "acked": c["msgs_acked"],
+                     "errors": c["msgs_errors"] + c["msgs_send_failed"], "error_frames": c["msgs_errors"],
+                     "send_failed": c["msgs_send_failed"], "skipped": c["msgs_skipped"],
+                     "lost": max(0, c["msgs_sent"] - c["msgs_received"] - c["msgs_errors"]),
+                     "success_rate": metrics["message_success_rate"], "throughput_per_s": throughput,
+                     "pings": c["pings"], "pongs": c["pongs"], "bytes_sent": c["bytes_sent"], "bytes_received": c["bytes_received"]},
+        "latency_ms": latency,
+        "session_s": {k: (v / 1000 if isinstance(v, float) else v) for k, v in session.items()},
+        "gateway": {**{k: v for k, v in metrics.items() if k.startswith("gateway_")},
+                    "gateway_nodes_sampled": len(nodes), "source": gw_source,
+                    "leak_threshold_bytes_per_min": crit.LEAK_BYTES_PER_MIN},
+        "histograms": {"latency": lat["total"].encode(), "connect": con["total"].encode(), "session": ses["total"].encode()},
+        "criteria": rows, "criteria_source": criteria_source, "criteria_passed": criteria_ok,
+        "workers_dead": {h: r["workers_dead"] for h, r in agents_out.items() if r["workers_dead"]},
+        "stopped_by": stop,
+        "agents": {h: {k: r.get(k) for k in ("state", "why", "version", "start_skew_ms", "worker_skew_max_ms",
+                                             "attempted", "success_rate", "peak_active", "latency_p99_ms")}
+                   for h, r in agents_out.items()},
+        "distribution": {k: v for k, v in dist.items() if k != "rows"},
+        "figures": {},
+    }
+    summary["figures"] = headline_figures(summary)
+    summary["diagnostics"] = diag = diagnostics.run_checks(summary, series, nodes, host_info, agents_out, win)
+    text = io.StringIO()
+    print_summary(summary, out=text)
+    summary["analysis_seconds"] = round(time.perf_counter() - started, 3)
+    return {"summary": summary, "series": series, "window": win, "nodes": nodes, "gw_source": gw_source,
+            "distribution": dist, "hosts": host_info, "agents": agents_out, "diagnostics": diag,
+            "text_summary": text.getvalue(), "problems": run.problems, "plan": run.plan, "run": run.run}
+
+
+def headline_figures(s: dict) -> dict:
+    """Flat figures for baseline comparison (loadgen.report.compare)."""
+    c, m, lat, con = s["connections"], s["messages"], s["latency_ms"], s["connect_ms"]
+    g = s["gateway"]
+    return {
+        "connection_success_rate": c["success_rate"], "connect_p50_ms": con["p50"], "connect_p95_ms": con["p95"],
+        "connect_p99_ms": con["p99"], "connect_max_ms": con["max"],
+        "latency_p50_ms": lat["p50"], "latency_p95_ms": lat["p95"], "latency_p99_ms": lat["p99"], "latency_max_ms": lat["max"],
+        "throughput_per_s": m["throughput_per_s"], "message_success_rate": m["success_rate"],
+        "session_p95_s": s["session_s"]["p95"], "peak_active": c["peak_active"], "disconnects": c["disconnects"],
+        "connect_failures": c["failed"], "message_errors": m["errors"],
+        "gateway_memory_per_connection_bytes": g.get("gateway_memory_per_connection_bytes"),
+        "gateway_cpu_percent": g.get("gateway_cpu_percent"),
+        "gateway_rss_growth_bytes_per_min": g.get("gateway_rss_growth_bytes_per_min"),
+    }
+
+
+def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | None, gw_source: str) -> dict:
+    nb, bin_s = win["nbins"], win["bin_s"]
+    out: dict = {"x": np.arange(nb) * bin_s + bin_s if nb else np.array([]), "bin_s": bin_s}
+    if ts is not None and nb:
+        idx = pd.RangeIndex(nb)
+        last = ts.groupby(["bin", "host", "worker"], sort=False)["active"].last()
+        out["active_total"] = last.groupby(level=0).sum().reindex(idx).to_numpy(dtype=float)
+        per_gen = last.groupby(level=[0, 1]).sum().unstack()
+        out["active_by_generator"] = {h: per_gen[h].reindex(idx).to_numpy(dtype=float) for h in per_gen.columns}
+        sums = ts.groupby("bin")[["connects_ok", "connects_failed", *(f"fail_{r}" for r in FAIL_REASONS), "disconnects",
+                                  "closes", "msgs_sent", "msgs_received", "msgs_errors", "msgs_send_failed"]].sum()
+        sums = sums.reindex(idx) / bin_s
+        for col in sums.columns:
+            out[col] = sums[col].to_numpy(dtype=float)
+        out["phase_spans"] = _phase_spans(ts, win)
+    if lat.get("per_bin"):
+        out["latency"] = lat["per_bin"]
+    if gw is not None and len(gw) and nb:
+        g = gw.assign(bin=np.clip(((gw["ts"] - win["t0"]) // bin_s).astype("int64"), 0, nb - 1))
+        for col, key in (("conns", "active_by_node"), ("rss", "rss_by_node"), ("cpu_percent", "cpu_by_node"), ("fds", "fds_by_node")):
+            wide = g.dropna(subset=[col]).groupby(["bin", "node"])[col].last().unstack()
+            out[key] = {n: wide[n].reindex(pd.RangeIndex(nb)).to_numpy(dtype=float) for n in wide.columns}
+        out["gateway_source"] = gw_source
+    return out
+
+
+def _phase_spans(ts: pd.DataFrame, win: dict) -> list[dict]:
+    spans = ts.groupby("phase")["ts"].agg(["min", "max"]).reset_index()
+    return [{"phase": r.phase, "from": float(r["min"] - win["t0"]), "to": float(r["max"] - win["t0"])}
+            for _, r in spans.sort_values("min").iterrows()]
+
+
+def _imbalance(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2 or not sum(vals):
+        return None
+    return max(vals) / (sum(vals) / len(vals))
+
+
+def _distribution(nodes: list[dict], agents: dict, gw_source: str) -> dict:
+    node_vals = {n["node"]: n["hold_connections"] if n.get("hold_connections") is not None else n["peak_connections"] for n in nodes}
+    gen_vals = {h: r.get("peak_active") for h, r in agents.items() if r.get("peak_active") is not None}
+    return {"nodes": node_vals, "node_imbalance": _imbalance(list(node_vals.values())),
+            "node_measure": "mean connections during hold (peak when no hold)", "node_source": gw_source,
+            "generators": gen_vals, "generator_imbalance": _imbalance(list(gen_vals.values())),
+            "imbalance_warn": IMBALANCE_WARN}
+
+
+_EXPO = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$')
+
+
+def metrics_by_label(text: str, name: str, label: str) -> dict:
+    """{label value: summed value} of one metric family in a /metrics page (e.g. disconnections by reason)."""
+    out: dict = {}
+    for key, value in parse_exposition(text).items():
+        m = _EXPO.match(key)
+        if not m or m.group(1) != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        k = labels.get(label, "")
+        out[k] = out.get(k, 0) + value
+    return out

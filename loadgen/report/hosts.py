@@ -1,0 +1,179 @@
+"""Host figures: probes/samples.csv over time, and the raw before/after probe outputs, parsed where useful."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from loadgen.gateway.metrics import parse_exposition
+from loadgen.report.svg import band
+
+ROLE_ORDER = ("gateway", "generator", "etcd", "redis", "kafka")
+
+
+def parse_ss(text: str) -> dict:
+    """`ss -s`: Total and the TCP line's counters ({'total': .., 'tcp': .., 'estab': .., 'timewait': ..})."""
+    out: dict = {}
+    m = re.search(r"^Total:\s*(\d+)", text, re.M)
+    if m:
+        out["total"] = int(m.group(1))
+    m = re.search(r"^TCP:\s*(\d+)\s*\(([^)]*)\)", text, re.M)
+    if m:
+        out["tcp"] = int(m.group(1))
+        for name, value in re.findall(r"([a-z]+)\s+(\d+)", m.group(2)):
+            out[name] = int(value)
+    return out
+
+
+def first_int(text: str) -> int | None:
+    m = re.search(r"-?\d+", text or "")
+    return int(m.group(0)) if m else None
+
+
+def parse_kv(text: str, sep: str = ":") -> dict:
+    out = {}
+    for line in text.splitlines():
+        key, s, value = line.partition(sep)
+        if s and key.strip() and not key.startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+REDIS_KEYS = ("used_memory_human", "used_memory_peak_human", "maxmemory_human", "mem_fragmentation_ratio",
+              "connected_clients", "instantaneous_ops_per_sec", "total_commands_processed", "rejected_connections",
+              "evicted_keys", "expired_keys", "keyspace_hits", "keyspace_misses")
+NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPBacklogDrop", "TCPTimeouts", "TCPAbortOnTimeout")
+SYSCTL_KEYS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
+               "net.core.netdev_max_backlog", "fs.file-max", "net.netfilter.nf_conntrack_max")
+
+
+def probe_summary(name: str, text: str) -> dict:
+    """Key figures of one raw probe output (empty when the format is not recognized)."""
+    if name == "ss-s":
+        return parse_ss(text)
+    if name in ("lsof-count", "established"):
+        v = first_int(text)
+        return {} if v is None else {name: v}
+    if name == "redis-info":
+        kv = parse_kv(text)
+        return {k: kv[k] for k in REDIS_KEYS if k in kv}
+    if name == "etcd-health":
+        healthy = len(re.findall(r"is healthy", text))
+        unhealthy = len(re.findall(r"is unhealthy|unhealthy|failed", text))
+        return {"healthy": healthy, "unhealthy": unhealthy}
+    if name == "etcd-status":
+        return {"endpoints": len([ln for ln in text.splitlines() if re.search(r"\d+\.\d+\.\d+\.\d+|://", ln)])}
+    if name == "kafka-topics":
+        return {"topics": len(re.findall(r"^\s*Topic:\s*\S+\s+(?:TopicId|PartitionCount)", text, re.M)),
+                "partitions": len(re.findall(r"\bPartition:\s*\d+", text))}
+    if name == "metrics":
+        flat = parse_exposition(text)
+
+        def total(prefix):
+            return sum(v for k, v in flat.items() if k == prefix or k.startswith(prefix + "{"))
+
+        out = {"active_connections": total("im_gateway_active_connections"),
+               "errors_total": total("im_gateway_errors_total"),
+               "disconnections_total": total("im_gateway_disconnections_total")}
+        for k, v in flat.items():
+            m = re.match(r'im_gateway_disconnections_total\{.*reason="([^"]*)"', k)
+            if m and v:
+                out[f"disconnect:{m.group(1)}"] = out.get(f"disconnect:{m.group(1)}", 0) + v
+        return out
+    if name in ("nstat", "netstat-s", "netstat"):
+        out = {}
+        for key in NETSTAT_KEYS:
+            m = re.search(rf"(?:TcpExt)?{key}\s+(\d+)", text)
+            if m:
+                out[key] = int(m.group(1))
+        m = re.search(r"(\d+) times the listen queue of a socket overflowed", text)
+        if m:
+            out["ListenOverflows"] = int(m.group(1))
+        m = re.search(r"(\d+) SYNs to LISTEN sockets dropped", text)
+        if m:
+            out["ListenDrops"] = int(m.group(1))
+        return out
+    if name == "sysctl":
+        kv = parse_kv(text, "=")
+        return {k: kv[k] for k in SYSCTL_KEYS if k in kv}
+    return {}
+
+
+def _roles(run, samples: pd.DataFrame | None) -> dict:
+    roles: dict = {}
+    if samples is not None and len(samples):
+        for host, role in samples.groupby("host")["role"].last().items():
+            if role:
+                roles[host] = role
+    groups = run.plan.get("hosts")
+    if isinstance(groups, dict):
+        for group, members in groups.items():
+            if isinstance(members, list):
+                role = {"gateways": "gateway", "generators": "generator"}.get(group, group.rstrip("s"))
+                for h in members:
+                    name = h if isinstance(h, str) else (h.get("name") or h.get("host") if isinstance(h, dict) else None)
+                    if name:
+                        roles.setdefault(str(name), role)
+    return roles
+
+
+def _binned(df: pd.DataFrame, win: dict, how: str = "mean") -> dict:
+    nb, bin_s = win["nbins"], win["bin_s"]
+    b = np.clip(((df["ts"] - win["t0"]) // bin_s).astype("int64"), 0, nb - 1)
+    wide = df.assign(bin=b).groupby(["bin", "host"])["value"].agg(how).unstack()
+    idx = pd.RangeIndex(nb)
+    return {h: wide[h].reindex(idx).to_numpy(dtype=float) for h in wide.columns}
+
+
+def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
+    samples = run.samples
+    roles = _roles(run, samples)
+    rows: dict = {}
+    charts = []
+    if samples is not None and len(samples) and win["nbins"]:
+        for host, g in samples.groupby("host"):
+            row = rows.setdefault(host, {"host": host, "role": roles.get(host, "")})
+            for metric, mg in g.groupby("metric"):
+                row[f"{metric}_max"] = float(mg["value"].max())
+                row[f"{metric}_mean"] = float(mg["value"].mean())
+        present_roles = sorted({roles.get(h, "") for h in samples["host"].unique()},
+                               key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else len(ROLE_ORDER), r))
+        for role in present_roles:
+            in_role = samples[samples["host"].map(lambda h: roles.get(h, "")) == role]
+            for metric, title, unit in (("host_cpu_percent", "CPU", "%"), ("host_mem_used_bytes", "Memory used", "B"),
+                                        ("gateway_rss_bytes", "Gateway process RSS", "B"),
+                                        ("gateway_fds", "Gateway open file descriptors", ""),
+                                        ("established", "Established TCP connections", "")):
+                m = in_role[in_role["metric"] == metric]
+                if len(m):
+                    charts.append({"title": f"{title} - {role or 'unknown role'} hosts", "unit": unit,
+                                   "series": band(_binned(m, win))})
+    by_node = {n["node"]: n for n in nodes}
+    for host, node in by_node.items():
+        row = rows.setdefault(host, {"host": host, "role": roles.get(host, "gateway")})
+        row["memory_per_connection"] = node.get("memory_per_connection")
+        row["fds_max"] = node.get("fds_max")
+    probes_out = []
+    for host, whens in run.probes.items():
+        row = rows.setdefault(host, {"host": host, "role": roles.get(host, "")})
+        names = sorted(set(whens.get("before", {})) | set(whens.get("after", {})))
+        for name in names:
+            before, after = whens.get("before", {}).get(name), whens.get("after", {}).get(name)
+            entry = {"host": host, "role": row["role"], "probe": name, "before": before, "after": after,
+                     "before_summary": probe_summary(name, before) if before is not None else None,
+                     "after_summary": probe_summary(name, after) if after is not None else None}
+            probes_out.append(entry)
+            if name == "ss-s":
+                row["ss_before"] = entry["before_summary"]
+                row["ss_after"] = entry["after_summary"]
+            if name == "lsof-count":
+                row["lsof_before"] = (entry["before_summary"] or {}).get("lsof-count")
+                row["lsof_after"] = (entry["after_summary"] or {}).get("lsof-count")
+    infra = [p for p in probes_out if p["probe"] in ("etcd-health", "etcd-status", "redis-info", "kafka-topics")]
+    system = [p for p in probes_out if p not in infra]
+    ordered = sorted(rows.values(), key=lambda r: (ROLE_ORDER.index(r["role"]) if r["role"] in ROLE_ORDER else len(ROLE_ORDER),
+                                                   r["role"], r["host"]))
+    return {"rows": ordered, "charts": charts, "infra": infra, "system_probes": system, "roles": roles,
+            "samples_present": samples is not None and len(samples) > 0, "probes_present": bool(run.probes)}

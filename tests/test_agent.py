@@ -1,0 +1,151 @@
+"""The agent end to end against a real reference gateway on 127.0.0.1 (a few seconds per scenario)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import TOKEN, start_gateway, run_loadgen
+from loadgen.agent import histogram as hdr
+from loadgen.agent.interval import COLUMNS
+
+
+def read_rows(out):
+    with open(out / "timeseries.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_throughput_scenario_measures_every_message(gateway, tmp_path):
+    out = tmp_path / "t"
+    r = run_loadgen("run", "throughput", "--vus", "20", "--rate", "10", "--duration", "4s", "--workers", "2",
+                    "-e", f"GATEWAY_PORT={gateway.port}", "-e", "MESSAGE_SIZE=256", "--out", str(out),
+                    "--gateway-metrics", gateway.metrics_url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(out)
+    assert s["connections"]["established"] == 20 and s["connections"]["success_rate"] == 1.0
+    m = s["messages"]
+    assert 700 <= m["sent"] <= 820  # 20 users x 10/s x 4 s, on schedule
+    assert m["received"] == m["sent"] and m["acked"] == m["sent"] and m["errors"] == 0
+    assert 170 <= m["throughput_per_s"] <= 230
+    assert s["latency_ms"]["count"] == m["received"] and 0 < s["latency_ms"]["p99"] < 200
+    assert {c["name"] for c in s["criteria"]} >= {"throughput_per_s", "message_p99_ms", "message_success_rate"}
+    assert s["passed"] is True and s["complete"] is True
+    assert s["gateway"]["gateway_cpu_percent"] is not None  # sampled from /metrics
+    rows = read_rows(out)
+    assert list(rows[0].keys()) == list(COLUMNS)
+    assert {r["worker"] for r in rows} == {"0", "1"}
+    assert 8 <= len(rows) <= 14  # one row per second per worker (+ drain rows)
+    # the CSV alone reproduces the summary: merged interval histograms == summary histogram
+    merged = hdr.new_histogram()
+    for row in rows:
+        hdr.merge_encoded(merged, row["latency_hdr"])
+    assert merged.get_total_count() == m["received"]
+    assert merged.get_value_at_percentile(99) / 1000 == s["latency_ms"]["p99"]
+    assert sum(int(r["msgs_sent"]) for r in rows) == m["sent"]
+    assert "Throughput Load Test Summary" in r.stdout and "Result: PASSED" in r.stdout
+
+
+def test_connection_scenario_ramps_holds_and_heartbeats(gateway, tmp_path):
+    out = tmp_path / "c"
+    r = run_loadgen("run", "connection", "--stage", "2s:60", "--stage", "2s:60", "--stage", "1s:0",
+                    "--heartbeat-interval", "1s", "--rate", "2", "-e", f"GATEWAY_PORT={gateway.port}",
+                    "--out", str(out), "--workers", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(out)
+    assert s["connections"]["established"] == 60 and s["connections"]["peak_active"] == 60
+    assert s["session_s"]["count"] == 60 and s["session_s"]["p95"] >= 2.0
+    rows = read_rows(out)
+    assert {r["phase"] for r in rows} >= {"ramp-up", "hold", "ramp-down"}
+    assert sum(int(r["pings"]) for r in rows) > 60 and sum(int(r["pongs"]) for r in rows) > 60
+    assert sum(int(r["closes"]) for r in rows) == 60 and sum(int(r["disconnects"]) for r in rows) == 0
+    crit = {c["name"]: c for c in s["criteria"]}
+    assert crit["gateway_memory_per_connection_bytes"]["passed"] is None  # not measured without --gateway-metrics
+    assert crit["connection_success_rate"]["passed"] is True
+
+
+def test_cluster_scenario_spreads_over_gateways(tmp_path):
+    gws = [start_gateway(tmp_path), start_gateway(tmp_path)]
+    try:
+        out = tmp_path / "k"
+        r = run_loadgen("run", "cluster", "--vus", "40", "--duration", "3s", "--rate", "2", "--workers", "1",
+                        "--gateways", ",".join(f"127.0.0.1:{g.port}" for g in gws), "--out", str(out),
+                        "--local-ips", "127.0.0.2-127.0.0.3")
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = summary(out)
+        assert s["messages"]["received"] == s["messages"]["sent"] > 100
+        for g in gws:
+            accepted = [ln for ln in g.metrics().splitlines() if 'result="accepted"' in ln]
+            assert accepted and float(accepted[0].rsplit(" ", 1)[1]) == 20 + 1  # half the users + the preflight handshake
+    finally:
+        for g in gws:
+            g.stop()
+
+
+def test_failed_criterion_exits_99(gateway, tmp_path):
+    r = run_loadgen("run", "throughput", "--vus", "4", "--rate", "5", "--duration", "2s", "--criterion",
+                    "message_p99_ms<0.001", "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(tmp_path / "f"))
+    assert r.returncode == 99 and "[FAIL] P99 message latency" in r.stdout
+    assert summary(tmp_path / "f")["passed"] is False
+
+
+def test_lockstep_start_at_is_honoured_and_skew_measured(gateway, tmp_path):
+    start_at = time.time() + 3
+    r = run_loadgen("run", "throughput", "--vus", "4", "--rate", "5", "--duration", "2s", "--start-at", f"{start_at}",
+                    "--criterion", "throughput_per_s=off",
+                    "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(tmp_path / "l"), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    s = summary(tmp_path / "l")
+    assert s["started_at"] >= start_at
+    assert set(s["start_skew_ms"]) == {"0", "1"} and all(0 <= v < 100 for v in s["start_skew_ms"].values())
+
+
+def test_gateway_killed_mid_run_is_recorded_and_summary_written(tmp_path):
+    gw = start_gateway(tmp_path)
+    out = tmp_path / "k"
+    env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "throughput", "--vus", "30", "--rate", "5",
+                             "--duration", "6s", "-e", f"GATEWAY_PORT={gw.port}", "--out", str(out), "--workers", "1"],
+                            env={**env, "AUTH_TOKEN": TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    gw.stop(signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 99, stdout + stderr  # criteria fail; the run itself completes
+    s = summary(out)
+    assert s["connections"]["disconnects"] == 30
+    assert s["connections"]["failed_by_reason"].get("refused", 0) > 0  # reconnects with backoff, refused
+    assert s["messages"]["send_failed"] > 0 and s["messages"]["success_rate"] < 0.99
+    assert "Traceback" not in stderr
+
+
+def test_sigkilled_agent_leaves_flushed_rows(gateway, tmp_path):
+    out = tmp_path / "s"
+    env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "throughput", "--vus", "10", "--rate", "5",
+                             "--duration", "30s", "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(out),
+                             "--workers", "1", "--quiet"], env={**env, "AUTH_TOKEN": TOKEN})
+    time.sleep(4.5)
+    proc.kill()
+    proc.wait(10)
+    rows = read_rows(out)
+    assert len(rows) >= 2  # at most the last second is lost
+    time.sleep(1.5)
+    assert "active_connections" in gateway.metrics()
+
+
+def test_deadman_stops_load_when_controller_heartbeat_goes_stale(gateway, tmp_path):
+    hb = tmp_path / "heartbeat"
+    hb.write_text("")
+    r = run_loadgen("run", "throughput", "--vus", "4", "--rate", "2", "--duration", "60s", "--heartbeat-file", str(hb),
+                    "--deadman-timeout", "2s", "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(tmp_path / "d"),
+                    timeout=40)
+    s = summary(tmp_path / "d")
+    assert s["stopped_by"] == "deadman" and s["complete"] is False
+    assert s["ended_at"] - s["started_at"] < 15
+    assert r.returncode in (0, 99)
