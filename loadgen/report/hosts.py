@@ -138,17 +138,19 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
             for metric, mg in g.groupby("metric"):
                 row[f"{metric}_max"] = float(mg["value"].max())
                 row[f"{metric}_mean"] = float(mg["value"].mean())
-        present_roles = sorted({roles.get(h, "") for h in samples["host"].unique()},
-                               key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else len(ROLE_ORDER), r))
-        for role in present_roles:
-            in_role = samples[samples["host"].map(lambda h: roles.get(h, "")) == role]
+        # gateways and generators get charts of their own; every other role shares 'infrastructure' charts
+        group_of = {h: (r if r in ("gateway", "generator") else "infrastructure") for h, r in roles.items()}
+        groups = [g for g in ("gateway", "generator", "infrastructure")
+                  if any(group_of.get(h, "infrastructure") == g for h in samples["host"].unique())]
+        for role in groups:
+            in_role = samples[samples["host"].map(lambda h: group_of.get(h, "infrastructure")) == role]
             for metric, title, unit in (("host_cpu_percent", "CPU", "%"), ("host_mem_used_bytes", "Memory used", "B"),
                                         ("gateway_rss_bytes", "Gateway process RSS", "B"),
                                         ("gateway_fds", "Gateway open file descriptors", ""),
                                         ("established", "Established TCP connections", "")):
                 m = in_role[in_role["metric"] == metric]
                 if len(m):
-                    charts.append({"title": f"{title} - {role or 'unknown role'} hosts", "unit": unit,
+                    charts.append({"title": f"{title} - {role} hosts", "unit": unit,
                                    "series": band(_binned(m, win))})
     by_node = {n["node"]: n for n in nodes}
     for host, node in by_node.items():

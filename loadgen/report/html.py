@@ -32,7 +32,8 @@ def template(name: str) -> jinja2.Template:
 
 
 def _chart(title, x, series, unit="", spans=None, note=None):
-    return {"title": title, "svg": Markup(svg.line_chart(title, x, series, unit, spans) or ""), "note": note}
+    # memory charts zoom on their range (growth is the point); counts and rates start at zero
+    return {"title": title, "svg": Markup(svg.line_chart(title, x, series, unit, spans, y_min0=unit != "B") or ""), "note": note}
 
 
 def charts(m: dict) -> dict:
@@ -67,7 +68,7 @@ def charts(m: dict) -> dict:
         hosts.append(_chart(c["title"], x, c["series"], c["unit"], spans))
     for key, title, unit in (("rss_by_node", "Gateway RSS per node", "B"), ("cpu_by_node", "Gateway process CPU per node", "%"),
                              ("fds_by_node", "Gateway open file descriptors per node", "")):
-        if s.get(key) and not any(c["title"].startswith(title.split(" per")[0]) for c in m["hosts"]["charts"]):
+        if s.get(key) and s.get("gateway_source") != "probes/samples.csv":  # else the host charts show them
             hosts.append(_chart(title, x, svg.band(s[key]), unit, spans, f"source: {s['gateway_source']}"))
     d = m["distribution"]
     dist = []

@@ -112,7 +112,7 @@ def line_chart(title: str, x, series: dict, unit: str = "", spans: list[dict] | 
     for i, name in reversed(list(enumerate(names))):
         color = PALETTE[i % len(PALETTE)]
         label = escape(str(name))
-        legend_x -= 14 + 7 * len(str(name))
+        legend_x -= 22 + 6.5 * len(str(name))
         parts.append(f'<rect x="{legend_x:.0f}" y="9" width="10" height="10" fill="{color}"/>'
                      f'<text class="legend" x="{legend_x + 13:.0f}" y="18">{label}</text>')
     values = {}
