@@ -157,8 +157,8 @@ def check_disconnects(s, series, nodes, host_info, agents, win):
           f"of {c['established']:,} established"]
     spikes = []
     if d is not None and active is not None:
-        nz = d[np.isfinite(d) & (d > 0)]
-        med = float(np.median(nz)) if len(nz) else 0.0
+        finite = d[np.isfinite(d)]
+        med = float(np.median(finite)) if len(finite) else 0.0  # the usual rate: usually zero
         per_bin = np.nan_to_num(d) * win["bin_s"]
         floor = np.nan_to_num(active) * 0.01
         spikes = np.flatnonzero((np.nan_to_num(d) > SPIKE_FACTOR * med) & (per_bin > floor) & (per_bin >= 10))

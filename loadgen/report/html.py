@@ -23,6 +23,8 @@ def _env() -> jinja2.Environment:
     env.filters["clock"] = lambda v: "-" if v is None else svg.fmt_clock(v)
     env.filters["when"] = lambda v: "-" if not v else dt.datetime.fromtimestamp(float(v), dt.timezone.utc).strftime(
         "%Y-%m-%d %H:%M:%S UTC")
+    env.filters["crit"] = lambda v, name: "not measured" if v is None else (
+        f"{v * 100:.2f}%" if name.endswith("_rate") else f"{v:,.4g}" if isinstance(v, float) else f"{v:,}")
     env.filters["g"] = lambda v: "-" if v is None else (f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
     return env
 
