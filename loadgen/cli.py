@@ -61,6 +61,8 @@ def _gateway_parser(sub) -> None:
     p.add_argument("--config", help="config.yaml (server.*, websocket.*, limits.*, connection_pool.*)")
     p.add_argument("--node-id", default=None, help="this node's name (default: hostname:port)")
     p.add_argument("--token-file", help="read the token from this file (mode 600)")
+    p.add_argument("--heartbeat-file", help="controller heartbeat: stop when it goes stale (fab-started gateways)")
+    p.add_argument("--deadman-timeout", default="60s", help="staleness that stops the gateway (default 60s)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -86,6 +88,7 @@ def _cmd_gateway(args) -> int:
     from loadgen.gateway.config import load_config
     from loadgen.gateway.server import serve
     from loadgen.plan.options import fd_limit, read_token_file
+    from loadgen.plan.stages import parse_duration
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     token = read_token_file(args.token_file) if args.token_file else os.environ.get("AUTH_TOKEN")
@@ -105,7 +108,8 @@ def _cmd_gateway(args) -> int:
         runner = asyncio.run
     try:
         runner(serve(config, token, host=args.host, port=args.port, metrics_host=args.metrics_host,
-                     metrics_port=args.metrics_port, node_id=node_id))
+                     metrics_port=args.metrics_port, node_id=node_id, heartbeat_file=args.heartbeat_file,
+                     deadman_s=parse_duration(args.deadman_timeout, "--deadman-timeout")))
     except OSError as exc:
         raise LoadgenError(f"gateway cannot listen: {exc.strerror or exc}") from None
     return 0

@@ -17,7 +17,7 @@ import sys
 import time
 from multiprocessing.connection import wait
 
-from loadgen import __version__
+from loadgen import __version__, deadman
 from loadgen.agent import gateway_scrape
 from loadgen.agent import histogram as hdr
 from loadgen.agent.interval import COLUMNS, COUNTERS
@@ -195,16 +195,6 @@ class Agent:
     def _signal(self, signum, _frame) -> None:
         self.stop_reason = self.stop_reason or signal.Signals(signum).name
 
-    def _deadman_expired(self) -> bool:
-        path = self.plan.heartbeat_file
-        if not path:
-            return False
-        try:
-            age = time.time() - os.stat(path).st_mtime
-        except OSError:
-            age = float("inf")
-        return age > self.plan.deadman_s
-
     def _write_status(self, state: str, totals: Totals, alive: int) -> None:
         c = totals.counts
         status = {"state": state, "pid": os.getpid(), "updated": time.time(), "workers_alive": alive,
@@ -290,7 +280,7 @@ class Agent:
                     self._write_status("running" if starts else "waiting", totals, len(pipes))
                     progress.show(totals, self._active, now - start_at)
                     last_flush = now
-                    if self.stop_reason is None and self._deadman_expired():
+                    if self.stop_reason is None and deadman.expired(plan.heartbeat_file, plan.deadman_s):
                         self.stop_reason = "deadman"
                     if self.stop_reason is None and now > hard_deadline:
                         self.stop_reason = "deadline"

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from picows import (WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse,
                     WSUpgradeResponseWithListener, ws_create_server)
 
+from loadgen import deadman
 from loadgen.gateway import protocol
 from loadgen.gateway.config import GatewayConfig
 from loadgen.gateway.guard import AbuseGuard
@@ -200,8 +201,16 @@ async def _serve_metrics(gw: Gateway, host: str, port: int):
     return await asyncio.start_server(handle, host, port)
 
 
+async def _watch_deadman(path: str, timeout_s: float, stop: asyncio.Event) -> None:
+    while not deadman.expired(path, timeout_s):
+        await asyncio.sleep(1.0)
+    log.warning("controller heartbeat %s older than %gs: stopping", path, timeout_s)
+    stop.set()
+
+
 async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metrics_host: str,
-                metrics_port: int, node_id: str, ready=None) -> None:
+                metrics_port: int, node_id: str, ready=None, heartbeat_file: str | None = None,
+                deadman_s: float = 60.0) -> None:
     gw = Gateway(config, token, node_id)
     server = await ws_create_server(
         gw.listener_factory, host, port,
@@ -221,11 +230,14 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(_watch_deadman(heartbeat_file, deadman_s, stop)) if heartbeat_file else None
     log.info("gateway %s listening on ws://%s:%d/ws, metrics on http://%s:%d/metrics",
              node_id, host, port, metrics_host, metrics_port)
     if ready is not None:
         ready()
     await stop.wait()
     sweeper.cancel()
+    if watchdog is not None:
+        watchdog.cancel()
     server.close()
     metrics_server.close()
