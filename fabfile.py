@@ -48,11 +48,12 @@ def _list(value):
         "deadman": "agents stop when the controller is silent this long (default 60s)",
         "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
         "criterion": "override a success criterion, e.g. message_p99_ms<100 (repeatable)",
+        "reports_dir": "where run directories go (default reports/)",
     },
 )
 def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections=None, duration=None, stage=None,
                  rate=None, message_size=None, min_generators=None, probe_interval=5.0, deadman="60s",
-                 token_file=None, criterion=None):
+                 token_file=None, criterion=None, reports_dir="reports"):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
     from loadgen.plan.options import _positive_int
@@ -63,7 +64,7 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections
                    message_size=_positive_int(message_size, "--message-size", 1_048_576) if message_size else None,
                    min_generators=int(min_generators) if min_generators else None,
                    probe_interval=float(probe_interval), deadman=deadman, token_file=token_file,
-                   criteria=_list(criterion))
+                   criteria=_list(criterion), reports_dir=reports_dir)
     _guard(run, opts)
 
 

@@ -109,6 +109,12 @@ def _token(inv, opts: Options, managed: bool) -> str:
 class ClusterTest:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
+        from loadgen.plan.stages import parse_duration
+
+        if parse_duration(opts.deadman, "--deadman") < 3:
+            raise UsageError("--deadman must be at least 3s (the controller polls every 2 s)")
+        if not opts.probe_interval > 0:
+            raise UsageError("--probe-interval must be a positive number of seconds")
         self.inv = load_inventory(opts.inventory)
         _plan_defaults(self.inv, opts)
         inv = self.inv
@@ -136,6 +142,11 @@ class ClusterTest:
     def _write_json(self, name: str, data: dict) -> None:
         with open(os.path.join(self.run_dir, name), "w") as f:
             json.dump(data, f, indent=2, default=str)
+
+    def _write_plan(self) -> None:
+        self._write_json("plan.json", {**self.plan.as_dict(), "inventory": os.path.abspath(self.opts.inventory),
+                                       "groups": {g: self.inv.group(g) for g in
+                                                  ("generators", "gateways", "etcd", "kafka", "redis")}})
 
     # --- steps ------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -171,7 +182,9 @@ class ClusterTest:
             extra = f" --config {shlex.quote(v['gateway_config'])}" if v.get("gateway_config") else ""
             cmd = detached(wd, f"{loadgen_command(host)} gateway --host {addr} --port {port} "
                            f"--metrics-host {v.get('gateway_metrics_host', '127.0.0.1')} --metrics-port {mport} "
-                           f"--node-id {shlex.quote(name)} --token-file token{extra}", "gateway")
+                           f"--node-id {shlex.quote(name)} --token-file token --heartbeat-file heartbeat "
+                           f"--deadman-timeout {shlex.quote(self.opts.deadman)}{extra}", "gateway",
+                           before="touch heartbeat")
             r = host.run(cmd, timeout=30)
             if not r.ok:
                 raise LoadgenError(f"gateway on {name} did not start: {r.stderr.strip()[:200]}")
@@ -269,6 +282,10 @@ class ClusterTest:
             return host.run(f"cd {wd} && touch heartbeat && (cat out/status.json 2>/dev/null || echo '{{}}') && echo && "
                             f"(kill -0 $(cat agent.pid) 2>/dev/null && echo ALIVE || echo GONE)", timeout=10)
 
+        def touch_gateway(host: Host):
+            return host.run(f"touch {shlex.quote(os.path.dirname(host.vars['_gateway_pidfile']))}/heartbeat", timeout=10)
+
+        parallel(self._subset(self.managed), touch_gateway)
         watching = {n: h for n, h in self._subset(self.agent_state).items()
                     if self.agent_state[n] not in ("done", "dead")}
         statuses = {}
@@ -364,17 +381,13 @@ class ClusterTest:
             self.connect()
             self.start_gateways()
             self.facts["preflight"] = check_fleet(self)
-            self._write_json("plan.json", {**plan.as_dict(), "inventory": os.path.abspath(self.opts.inventory),
-                                           "groups": {g: self.inv.group(g) for g in
-                                                      ("generators", "gateways", "etcd", "kafka", "redis")}})
+            self._write_plan()
             self.snapshot("before")
             self._samples_file = open(os.path.join(self.run_dir, "probes", "samples.csv"), "w", newline="")
             self.samples = csv.writer(self._samples_file)
             self.samples.writerow(("ts", "host", "role", "metric", "value"))
             self.start_agents()
-            self._write_json("plan.json", {**plan.as_dict(), "inventory": os.path.abspath(self.opts.inventory),
-                                           "groups": {g: self.inv.group(g) for g in
-                                                      ("generators", "gateways", "etcd", "kafka", "redis")}})
+            self._write_plan()  # again, now with the common start time
             try:
                 self.watch()
             except KeyboardInterrupt:

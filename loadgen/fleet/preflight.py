@@ -21,7 +21,7 @@ CLOCK_SKEW_LIMIT_S = 1.0
 def _facts_script(keys: list[str]) -> str:
     reads = "; ".join(f"echo sysctl:{k}=$(sysctl -n {k} 2>/dev/null | tr -s '\\t ' ' ')" for k in keys)
     return ("echo clock=$(date +%s.%N); echo nofile_hard=$(ulimit -Hn); echo cores=$(nproc); "
-            "echo mem_available=$(awk '/MemAvailable/{print $2*1024}' /proc/meminfo); "
+            "echo mem_available_kb=$(awk '/MemAvailable/{print $2}' /proc/meminfo); "
             "echo port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range | tr -s '\\t ' ' '); " + reads)
 
 
@@ -84,7 +84,7 @@ def check_fleet(ct) -> dict:
             if peak > ports * ips * len(plan.endpoints):
                 problems.append(f"{name}: {peak:,} connections > ephemeral ports {ports:,} x source IPs {ips} x "
                                 f"gateway endpoints {len(plan.endpoints)} = {ports * ips * len(plan.endpoints):,}")
-            mem = int(f["mem_available"])
+            mem = int(f["mem_available_kb"]) * 1024
             if peak * AGENT_BYTES_PER_CONN > mem:
                 problems.append(f"{name}: {peak:,} connections need ~{peak * AGENT_BYTES_PER_CONN / 2**20:,.0f} MiB, "
                                 f"{mem / 2**20:,.0f} MiB available")

@@ -96,7 +96,7 @@ def sample_script(host, roles: list[str]) -> str:
             f"P=$({gateway_pid_command(host)})",
             'if [ -n "$P" ] && [ -r /proc/$P/stat ]; then '
             "echo gw_ticks=$(awk '{print $14+$15}' /proc/$P/stat); "
-            "echo gw_rss=$(awk '/^VmRSS/{print $2*1024}' /proc/$P/status); "
+            "echo gw_rss_kb=$(awk '/^VmRSS/{print $2}' /proc/$P/status); "
             "echo gw_fds=$(ls /proc/$P/fd | wc -l); fi",
             f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2}} END{{print s+0}}')",
         ]
@@ -138,11 +138,11 @@ class SampleDeltas:
             total = sum(cpu) - sum(prev["cpu"])
             if total > 0:
                 add("host_cpu_percent", round(100.0 * (busy - pbusy) / total, 2))
-        for key, metric in (("mem_used", "host_mem_used_bytes"), ("established", "established"),
-                            ("gw_rss", "gateway_rss_bytes"), ("gw_fds", "gateway_fds"),
-                            ("gw_active", "gateway_active_connections")):
+        for key, metric, scale in (("mem_used", "host_mem_used_bytes", 1), ("established", "established", 1),
+                                   ("gw_rss_kb", "gateway_rss_bytes", 1024), ("gw_fds", "gateway_fds", 1),
+                                   ("gw_active", "gateway_active_connections", 1)):
             if raw.get(key, "").strip().isdigit():
-                add(metric, int(raw[key]))
+                add(metric, int(raw[key]) * scale)
         ticks = raw.get("gw_ticks", "")
         if ticks.isdigit() and prev and prev.get("gw_ticks") is not None and ts > prev["ts"]:
             add("gateway_cpu_percent", round((int(ticks) - prev["gw_ticks"]) / self.CLK_TCK / (ts - prev["ts"]) * 100, 2))

@@ -1,0 +1,191 @@
+"""`fab cluster-test` end to end on a local inventory: the same code path as SSH fleets, on this machine."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAB = os.path.join(os.path.dirname(sys.executable), "fab")
+
+
+def write_inventory(tmp_path, extra_generators: str = "", gateways: int = 2) -> str:
+    inv = tmp_path / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    gws = "\n".join(f"gw{i} gateway_port={free_port()} gateway_metrics_port={free_port()}" for i in range(1, gateways + 1))
+    (inv / "hosts.ini").write_text(
+        f"[generators]\ngen1 loadgen_local_ips=127.0.0.2\ngen2 loadgen_local_ips=127.0.0.3\n{extra_generators}\n"
+        f"[gateways]\n{gws}\n")
+    (inv / "group_vars" / "all.yml").write_text(
+        "ansible_connection: local\nansible_host: 127.0.0.1\n"
+        f"loadgen_workdir: {tmp_path}/work\ngateway_managed_by: fab\nloadgen_workers: 1\n"
+        'loadgen_stages: ["2s:200", "6s:200", "1s:0"]\nloadgen_rate: 2\nloadgen_message_size: 256\n')
+    return str(inv)
+
+
+def fab(*args, timeout=180, **popen):
+    env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+    return subprocess.run([FAB, "-r", ROOT, *args], capture_output=True, text=True, timeout=timeout, env=env, **popen)
+
+
+def only_run(reports):
+    runs = [d for d in os.listdir(reports) if os.path.isdir(os.path.join(reports, d))]
+    assert len(runs) == 1, runs
+    return os.path.join(reports, runs[0])
+
+
+def no_loadgen_processes_of(tmp_path):
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if str(tmp_path) in ln and "loadgen" in ln]
+
+
+def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(reports), "--probe-interval", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = only_run(reports)
+    assert "report:" in r.stdout and os.path.exists(os.path.join(run, "report.html"))
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["status"] == "PASS"
+    assert summary["connections"]["established"] == 200
+    for gen in ("gen1", "gen2"):
+        s = json.load(open(os.path.join(run, "agents", gen, "summary.json")))
+        assert s["connections"]["established"] == 100 and s["complete"]
+        assert abs(s["start_skew_ms"]["0"]) < 500  # lockstep: both started at the planned instant
+    plan = json.load(open(os.path.join(run, "plan.json")))
+    assert plan["shares"] == {"gen1": ["2s:100", "6s:100", "1s:0"], "gen2": ["2s:100", "6s:100", "1s:0"]}
+    assert plan["start_at"] is not None
+    facts = json.load(open(os.path.join(run, "run.json")))
+    assert {a["state"] for a in facts["agents"].values()} == {"done"}
+    for host in ("gen1", "gen2", "gw1", "gw2"):
+        assert os.path.exists(os.path.join(run, "probes", host, "before", "ss-s.txt"))
+        assert os.path.exists(os.path.join(run, "probes", host, "after", "established.txt"))
+    assert "open files" in open(os.path.join(run, "probes", "gw1", "before", "gateway-limits.txt")).read()
+    samples = open(os.path.join(run, "probes", "samples.csv")).read()
+    assert "gateway_active_connections" in samples and "gateway_rss_bytes" in samples
+    # the token never leaves the controller's memory except in mode-600 files
+    token_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "work") for f in fs if f == "token"]
+    assert token_files and all(os.stat(p).st_mode & 0o077 == 0 for p in token_files)
+    token = open(token_files[0]).read().strip()
+    for d, _, fs in os.walk(run):
+        for f in fs:
+            assert token not in open(os.path.join(d, f), errors="replace").read(), f
+    assert no_loadgen_processes_of(tmp_path) == []  # gateways fab started are stopped again
+
+
+def test_dead_agent_makes_a_partial_report_naming_the_host(tmp_path):
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    proc = subprocess.Popen([FAB, "-r", ROOT, "cluster-test", "-i", inv, "--reports-dir", str(reports),
+                             "--stage", "2s:200", "--stage", "10s:200"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    pidfile = None
+    deadline = time.time() + 60
+    while time.time() < deadline and pidfile is None:
+        for d, _, fs in os.walk(tmp_path / "work"):
+            if "agent.pid" in fs and d.endswith("gen2") and os.path.exists(os.path.join(d, "out", "timeseries.csv")):
+                pidfile = os.path.join(d, "agent.pid")
+        time.sleep(0.5)
+    assert pidfile, "agent of gen2 never started"
+    time.sleep(4)
+    os.kill(int(open(pidfile).read()), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-2000:]
+    run = only_run(reports)
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["status"] == "PARTIAL"
+    assert any("gen2" in reason for reason in summary["partial_reasons"])
+    rows = open(os.path.join(run, "agents", "gen2", "timeseries.csv")).read().splitlines()
+    assert len(rows) >= 3  # its data up to the last flushed second is kept
+    assert "gen2" in open(os.path.join(run, "report.html")).read()
+    time.sleep(1)
+    assert no_loadgen_processes_of(tmp_path) == []
+
+
+def test_unreachable_generator_stops_before_load_unless_min_generators_allows(tmp_path):
+    bad = f"gen3 ansible_connection=ssh ansible_port={free_port()} ansible_user=nobody\n"
+    inv, reports = write_inventory(tmp_path, extra_generators=bad), tmp_path / "reports"
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(reports))
+    assert r.returncode == 1
+    assert "only 2 of 3 generators reachable (gen3 down)" in r.stderr and "no load was started" in r.stderr
+    assert not os.path.exists(os.path.join(only_run(reports), "agents"))
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(tmp_path / "r2"), "--min-generators", "2")
+    assert r.returncode == 1, r.stdout[-2000:]  # PARTIAL: it ran, but not on every host
+    summary = json.load(open(os.path.join(only_run(tmp_path / "r2"), "summary.json")))
+    assert summary["status"] == "PARTIAL" and summary["connections"]["established"] > 0
+    assert any("gen3" in reason for reason in summary["partial_reasons"])
+
+
+def test_killed_controller_leaves_no_orphaned_load(tmp_path):
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    proc = subprocess.Popen([FAB, "-r", ROOT, "cluster-test", "-i", inv, "--reports-dir", str(reports),
+                             "--stage", "2s:100", "--stage", "120s:100", "--deadman", "4s"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(no_loadgen_processes_of(tmp_path)) < 4:
+        time.sleep(0.5)
+    assert len(no_loadgen_processes_of(tmp_path)) >= 4  # 2 gateways + 2 agents (+ workers)
+    time.sleep(3)
+    proc.kill()
+    proc.wait(10)
+    killed_at = time.time()
+    while no_loadgen_processes_of(tmp_path) and time.time() - killed_at < 30:
+        time.sleep(0.5)
+    assert no_loadgen_processes_of(tmp_path) == []
+    assert time.time() - killed_at < 20  # deadman 4 s + drain + close
+    summaries = [os.path.join(d, "summary.json") for d, _, fs in os.walk(tmp_path / "work") if "summary.json" in fs]
+    assert len(summaries) == 2
+    assert {json.load(open(p))["stopped_by"] for p in summaries} == {"deadman"}
+
+
+def test_ctrl_c_stops_agents_collects_and_reports_partial(tmp_path):
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    proc = subprocess.Popen([FAB, "-r", ROOT, "cluster-test", "-i", inv, "--reports-dir", str(reports),
+                             "--stage", "2s:100", "--stage", "120s:100"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        runs = os.listdir(reports) if os.path.exists(reports) else []
+        if runs and any("timeseries.csv" in fs for _, _, fs in os.walk(tmp_path / "work")):
+            break
+        time.sleep(0.5)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1, out[-2000:]
+    run = only_run(reports)
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["status"] == "PARTIAL" and summary["connections"]["established"] == 100
+    assert no_loadgen_processes_of(tmp_path) == []
+
+
+@pytest.mark.parametrize("args,words", [
+    (["cluster-test", "-i", "/nonexistent/inventory"], "does not exist"),
+    (["cluster-test", "--stage", "5s:10", "--connections", "10"], "conflicts"),
+    (["cluster-test", "--stage", "5x:10"], "not a duration"),
+    (["cluster-test", "--scenario", "soak"], "unknown scenario"),
+    (["cluster-test", "--deadman", "1s"], "--deadman"),
+    (["report", "/tmp"], "not a run directory"),
+])
+def test_fab_bad_input_is_one_line_exit_2(args, words, tmp_path):
+    r = fab(*args, "--reports-dir", str(tmp_path)) if args[0] == "cluster-test" else fab(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr
+
+
+def test_inventory_without_generators_or_malformed_is_refused(tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[gateways]\ngw1 ansible_connection=local\n")
+    r = fab("cluster-test", "-i", str(inv), "--reports-dir", str(tmp_path / "r"))
+    assert r.returncode == 2 and "no hosts in group 'generators'" in r.stderr
+    bad = tmp_path / "bad.yml"
+    bad.write_text("all: [this is: not: an inventory\n")
+    r = fab("cluster-test", "-i", str(bad), "--reports-dir", str(tmp_path / "r"))
+    assert r.returncode == 2 and "not a valid Ansible inventory" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
