@@ -149,3 +149,23 @@ def test_deadman_stops_load_when_controller_heartbeat_goes_stale(gateway, tmp_pa
     assert s["stopped_by"] == "deadman" and s["complete"] is False
     assert s["ended_at"] - s["started_at"] < 15
     assert r.returncode in (0, 99)
+
+
+def test_disk_full_stops_the_load_with_a_clear_error(gateway, tmp_path):
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root (CI runs as root)")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(small)], check=True)
+    try:
+        started = time.time()
+        r = run_loadgen("run", "throughput", "--vus", "20", "--rate", "20", "--duration", "60s",
+                        "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(small / "o"), "--workers", "1", timeout=90)
+        assert r.returncode == 1, r.stdout[-1000:] + r.stderr
+        assert "No space left on device" in r.stderr and "the load was stopped" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert time.time() - started < 40  # stopped early, not after the planned 60 s
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

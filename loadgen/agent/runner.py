@@ -185,6 +185,50 @@ def print_summary(s: dict, out=sys.stdout) -> None:
     print("\n".join(lines), file=out)
 
 
+class Outputs:
+    """The agent's files. A write error (disk full, directory gone) is kept, not raised: the agent then
+    stops the load rather than run blind, and says why."""
+
+    def __init__(self, out_dir: str, with_gateway: bool) -> None:
+        self.error: str | None = None
+        self.csv = open(os.path.join(out_dir, "timeseries.csv"), "w", newline="")
+        self.rows = csv.DictWriter(self.csv, fieldnames=COLUMNS)
+        self.gw = open(os.path.join(out_dir, "gateway_metrics.csv"), "w", newline="") if with_gateway else None
+        self.gw_rows = csv.DictWriter(self.gw, fieldnames=gateway_scrape.COLUMNS) if self.gw else None
+        self.guard(self.rows.writeheader)
+        if self.gw_rows:
+            self.guard(self.gw_rows.writeheader)
+        self.gw_written = 0
+
+    def guard(self, fn, *args) -> None:
+        if self.error:
+            return
+        try:
+            fn(*args)
+        except OSError as exc:
+            self.error = f"cannot write results: {exc.strerror or exc}"
+
+    def row(self, row: dict) -> None:
+        self.guard(self.rows.writerow, row)
+
+    def flush(self, gateway_rows: list[dict]) -> None:
+        self.guard(self.csv.flush)
+        if self.gw_rows is not None:
+            for r in gateway_rows[self.gw_written:]:
+                self.guard(self.gw_rows.writerow, r)
+            self.gw_written = len(gateway_rows)
+            self.guard(self.gw.flush)
+
+    def close(self, gateway_rows: list[dict]) -> None:
+        self.flush(gateway_rows)
+        for f in (self.csv, self.gw):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError as exc:
+                    self.error = self.error or f"cannot write results: {exc.strerror or exc}"
+
+
 class Agent:
     def __init__(self, plan) -> None:
         self.plan = plan
@@ -224,14 +268,9 @@ class Agent:
             child_end.close()
             procs.append(p)
             pipes[parent_end] = p
-        csv_file = open(os.path.join(self.out, "timeseries.csv"), "w", newline="")
-        writer = csv.DictWriter(csv_file, fieldnames=COLUMNS)
-        writer.writeheader()
-        gw_file = gw_writer = scraper = None
+        outputs = Outputs(self.out, bool(plan.gateway_metrics))
+        scraper = None
         if plan.gateway_metrics:
-            gw_file = open(os.path.join(self.out, "gateway_metrics.csv"), "w", newline="")
-            gw_writer = csv.DictWriter(gw_file, fieldnames=gateway_scrape.COLUMNS)
-            gw_writer.writeheader()
             scraper = gateway_scrape.Scraper(plan.gateway_metrics, self.gateway_rows.append)
             scraper.start()
         totals = Totals()
@@ -241,7 +280,6 @@ class Agent:
         start_at = plan.start_at or time.time()
         hard_deadline = start_at + plan.profile.total_s + plan.drain_s + 30 + plan.workers
         progress = Progress(plan, sys.stderr)
-        written_gw = 0
         stopped_sent = False
         last_flush = 0.0
         try:
@@ -259,7 +297,7 @@ class Agent:
                     kind = msg[0]
                     if kind == "row":
                         row = msg[1]
-                        writer.writerow(row)
+                        outputs.row(row)
                         totals.add(row)
                         active_by_worker[row["worker"]] = row["active"]
                         self._active = sum(active_by_worker.values())
@@ -271,13 +309,11 @@ class Agent:
                         errors.append(msg[2])
                 now = time.time()
                 if now - last_flush >= 1.0:  # at most the last second is lost if we are killed
-                    csv_file.flush()
-                    if gw_writer is not None:
-                        for r in self.gateway_rows[written_gw:]:
-                            gw_writer.writerow(r)
-                        written_gw = len(self.gateway_rows)
-                        gw_file.flush()
-                    self._write_status("running" if starts else "waiting", totals, len(pipes))
+                    outputs.flush(self.gateway_rows)
+                    if outputs.error and self.stop_reason is None:
+                        self.stop_reason = "output_error"
+                    else:
+                        outputs.guard(self._write_status, "running" if starts else "waiting", totals, len(pipes))
                     progress.show(totals, self._active, now - start_at)
                     last_flush = now
                     if self.stop_reason is None and deadman.expired(plan.heartbeat_file, plan.deadman_s):
@@ -300,10 +336,7 @@ class Agent:
             if scraper is not None:
                 scraper.halt.set()
                 scraper.join(3)
-                for r in self.gateway_rows[written_gw:]:
-                    gw_writer.writerow(r)
-                gw_file.close()
-            csv_file.close()
+            outputs.close(self.gateway_rows)
             progress.end()
         ended = time.time()
         started = min(starts.values()) if starts else start_at
@@ -314,14 +347,22 @@ class Agent:
         summary = summarize(plan, totals, facts, self.gateway_rows)
         if errors:
             summary["worker_errors"] = errors
-        tmp = os.path.join(self.out, ".summary.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(self.out, "summary.json"))
-        self._write_status("done", totals, 0)
+        if outputs.error:
+            summary["output_error"] = outputs.error
+        try:
+            tmp = os.path.join(self.out, ".summary.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=2)
+            os.replace(tmp, os.path.join(self.out, "summary.json"))
+            self._write_status("done", totals, 0)
+        except OSError as exc:
+            outputs.error = outputs.error or f"cannot write results: {exc.strerror or exc}"
         if not plan.quiet:
             print_summary(summary)
             print(f"\nResults: {os.path.abspath(self.out)}")
+        if outputs.error:
+            print(f"loadgen: error: {outputs.error} in {self.out}; the load was stopped", file=sys.stderr)
+            return EXIT_FAILURE
         if dead or errors:
             print(f"loadgen: error: {len(dead)} worker(s) died: {'; '.join(errors) or 'killed'}", file=sys.stderr)
             return EXIT_FAILURE
