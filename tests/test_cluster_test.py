@@ -189,3 +189,18 @@ def test_inventory_without_generators_or_malformed_is_refused(tmp_path):
     r = fab("cluster-test", "-i", str(bad), "--reports-dir", str(tmp_path / "r"))
     assert r.returncode == 2 and "not a valid Ansible inventory" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_preflight_measures_hosts_and_refuses_impossible_plans(tmp_path):
+    inv = write_inventory(tmp_path)
+    r = fab("preflight", "-i", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for host in ("gen1", "gen2", "gw1", "gw2"):
+        assert f"{host}: clock offset" in r.stdout
+    assert "preflight passed" in r.stdout
+    # 2 generators x 150,000 connections, one source IP each, 2 gateway endpoints: 150,000 > ports x 1 x 2
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(tmp_path / "r"), "--stage", "5s:300000")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "preflight refused the plan" in err[0] and "150,000 connections > ephemeral ports" in err[0]
+    assert no_loadgen_processes_of(tmp_path) == []  # the gateways it had started are stopped again

@@ -185,3 +185,31 @@ def test_metrics_expose_the_spec_names(gateway):
     for name in ("im_gateway_active_connections", "im_gateway_message_latency_bucket", "im_gateway_messages_sent_total",
                  "im_gateway_errors_total", "im_gateway_connections_total", "process_resident_memory_bytes"):
         assert name in text
+
+
+def test_half_open_client_is_dropped_after_read_timeout(tmp_path):
+    """A peer that completes the handshake and then goes silent (no pongs) is cut; the server stays up."""
+    import base64
+    import os
+
+    gw = start_gateway(tmp_path, "websocket:\n  read_timeout: 2s\n")
+    try:
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /ws?user=ghost HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").encode())
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 101")
+        started, received = time.time(), b""
+        try:
+            while chunk := s.recv(4096):  # pings arrive; we never answer them
+                received += chunk
+        except ConnectionResetError:
+            pass
+        elapsed = time.time() - started
+        assert b"\x89" in received  # the gateway did ping before giving up
+        assert 1.0 <= elapsed <= 6.0
+        assert metric(gw, "im_gateway_active_connections") == 0 and gw.proc.poll() is None
+        s.close()
+    finally:
+        gw.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from loadgen.errors import LoadgenError
+from loadgen.errors import UsageError
 from loadgen.fleet.hosts import parallel
 from loadgen.plan.addresses import parse_local_ips
 from loadgen.plan.stages import Profile, parse_stage
@@ -95,5 +95,5 @@ def check_fleet(ct) -> dict:
     for w in warnings:
         print(f"preflight: warning: {w}")
     if problems:
-        raise LoadgenError("preflight refused the plan: " + "; ".join(problems))
+        raise UsageError("preflight refused the plan: " + "; ".join(problems))
     return {"hosts": facts, "warnings": warnings}
