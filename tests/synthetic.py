@@ -165,19 +165,23 @@ def make_run(path: str, agents: list[AgentSpec], *, stages=("20s:120", "40s:120"
                 json.dump(summary, f)
         if gateway_metrics:
             _gateway_metrics_csv(adir, gateways, active_total, duration, mem_per_conn, leak_bytes_per_min, hold)
+    # plan.json and run.json as loadgen.fleet.clustertest writes them
+    shares = {a.name: [str(st) for st in per_agent_share.share(i, n_agents).stages] for i, a in enumerate(agents)}
     plan = {"run_id": run_id or os.path.basename(os.path.normpath(path)), "scenario": scenario,
-            "stages": list(stages), "rate": rate, "message_size": 100, "start_at": START,
-            "hosts": {"generators": [a.name for a in agents] + list(unreachable), "gateways": list(gateways),
-                      "etcd": ["etcd1"], "redis": ["redis1"], "kafka": ["kafka1"]},
-            "shares": {a.name: per_agent_share.share(i, n_agents).peak for i, a in enumerate(agents)},
-            "gateway_endpoints": [f"{g}:8080" for g in gateways]}
-    if criteria is not None:
-        plan["criteria"] = criteria
-    agents_facts = {a.name: {"state": "dead" if a.dead_at else "done", "started_at": START + a.skew_ms / 1000,
-                             "start_skew_ms": a.skew_ms} for a in agents}
-    agents_facts.update({h: {"state": "unreachable", "reason": "ssh: connection timed out"} for h in unreachable})
-    run = {"run_id": plan["run_id"], "controller": {"started_at": START - 30, "ended_at": START + duration + 20},
-           "stop_reason": None, "agents": agents_facts, "gateways": {g: {"managed_by": "fleet"} for g in gateways}}
+            "stages": list(stages), "rate": rate, "message_size": 100,
+            "generators": [a.name for a in agents] + list(unreachable), "gateways": list(gateways),
+            "endpoints": [f"{g}:8080" for g in gateways], "shares": shares, "total_s": profile.total_s,
+            "peak_connections": profile.peak, "min_generators": 1, "criteria": list(criteria or []), "start_at": START,
+            "inventory": "/dev/null", "groups": {"generators": [a.name for a in agents] + list(unreachable),
+                                                 "gateways": list(gateways), "etcd": ["etcd1"], "kafka": ["kafka1"],
+                                                 "redis": ["redis1"]}}
+    agents_facts = {a.name: {"launched": True, "error": None, "state": "dead" if a.dead_at else "done"} for a in agents}
+    sysctl = {"sysctl:net.core.somaxconn": "4096", "sysctl:net.ipv4.tcp_max_syn_backlog": "2048", "clock_offset_ms": 1.5}
+    run = {"controller_started_at": START - 30, "agents": agents_facts,
+           "gateways": {g: {"managed_by": "fab", "endpoint": f"{g}:8080"} for g in gateways},
+           "unreachable": [{"host": h, "error": "ssh: connect to host: Connection timed out"} for h in unreachable],
+           "preflight": {"hosts": {h: dict(sysctl) for h in [*gateways, *(a.name for a in agents)]}},
+           "controller_ended_at": START + duration + 20, "stopped_by": None}
     with open(os.path.join(path, "plan.json"), "w") as f:
         json.dump(plan, f, indent=2)
     with open(os.path.join(path, "run.json"), "w") as f:
@@ -206,10 +210,10 @@ def _samples_csv(path, agents, gateways, active_total, duration, mem_per_conn, l
                                ("gateway_cpu_percent", cpu * conns / max(1, conns.max()) + 2),
                                ("gateway_fds", conns + 40), ("host_cpu_percent", cpu * conns / max(1, conns.max()) + 5),
                                ("host_mem_used_bytes", rss + 1e9), ("established", conns)):
-            rows += [(START + x, g, "gateway", metric, v) for x, v in zip(t, values)]
+            rows += [(START + x, g, "gateways", metric, v) for x, v in zip(t, values)]
     for a in agents:
         for metric, values in (("host_cpu_percent", 20 + act / max(1, act.max()) * 30), ("host_mem_used_bytes", 2e9 + act * 2e4)):
-            rows += [(START + x, a.name, "generator", metric, v) for x, v in zip(t, values)
+            rows += [(START + x, a.name, "generators", metric, v) for x, v in zip(t, values)
                      if a.dead_at is None or x <= a.dead_at]
     for host, role in (("etcd1", "etcd"), ("redis1", "redis"), ("kafka1", "kafka")):
         rows += [(START + x, host, role, "host_cpu_percent", 10.0) for x in t]

@@ -139,7 +139,8 @@ def test_diagnostics_point_at_causes(tmp_path):
     found = {f["id"]: f for f in s["diagnostics"]["findings"]}
     assert "connect_timeouts" in found and "disconnects" in found
     ev = " ".join(found["connect_timeouts"]["evidence"])
-    assert "listen queue overflows 0 before, 12 after" in ev and "somaxconn = 4096" in ev
+    assert "listen queue overflows 0 before, 12 after" in ev and "gw1: net.core.somaxconn = 4096" in ev
+    assert "gw2: net.ipv4.tcp_max_syn_backlog = 1024" in ev  # the probe file wins over run.json's preflight value
     assert "spike at 0:40" in " ".join(found["disconnects"]["evidence"])
     assert "read_timeout=3" in " ".join(found["disconnects"]["evidence"])
     assert s["connections"]["failed_by_reason"] == {"timeout": s["connections"]["failed"]}
@@ -148,10 +149,12 @@ def test_diagnostics_point_at_causes(tmp_path):
 
 def test_plan_criteria_override_agents(tmp_path):
     path = str(tmp_path / "strict")
-    make_run(path, [AgentSpec("g", 20, 0.2)], criteria=[{"name": "message_p99_ms", "op": "<", "target": 5}])
+    make_run(path, [AgentSpec("g", 20, 0.2)], criteria=["message_p99_ms<5", "session_p95_s=off"])
     s = build_report(path)
-    assert [r["name"] for r in s["criteria"]] == ["message_p99_ms"] and s["status"] == "FAIL"
-    assert s["criteria_source"] == "plan.json"
+    names = [r["name"] for r in s["criteria"]]
+    assert "session_p95_s" not in names and "connection_success_rate" in names
+    assert next(r for r in s["criteria"] if r["name"] == "message_p99_ms")["target"] == 5
+    assert s["status"] == "FAIL" and "message_p99_ms<5" in s["criteria_source"]
 
 
 def test_not_a_run_dir(tmp_path):

@@ -24,7 +24,7 @@ from loadgen.gateway.metrics import parse_exposition
 from loadgen.plan import criteria as crit
 from loadgen.report import diagnostics, hosts
 from loadgen.report.hist import Hist, decoder
-from loadgen.report.load import RunData, run_agents
+from loadgen.report.load import RunData, run_agents, unreachable_hosts
 
 MAX_POINTS = 600  # time-series resolution: bins are widened so a chart has at most this many points
 NICE_BINS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
@@ -84,6 +84,7 @@ def merge_histograms(df: pd.DataFrame, column: str, hosts_: list[str], per_bin: 
     out = {"total": total, "agents": per_agent, "bad_cells": 0}
     if df is None or not len(df):
         return out
+    df = df[df[column].notna() & (df[column] != "")]  # empty cell = empty histogram: skip before the loop
     cells = df[column].to_numpy()
     agent_idx = df["host_idx"].to_numpy()
     agent_counts = [per_agent[h].counts for h in hosts_]
@@ -124,13 +125,20 @@ def merge_histograms(df: pd.DataFrame, column: str, hosts_: list[str], per_bin: 
 def criteria_for(run: RunData, scenario: str, hold_s: float, offered: float) -> tuple[list[crit.Criterion], str]:
     """plan.json 'criteria' wins; else the agents' (throughput target summed); else the spec's defaults."""
     defs = run.plan.get("criteria")
-    if isinstance(defs, list) and defs:
+    if isinstance(defs, list) and defs and all(isinstance(d, dict) for d in defs):
         out = []
         for d in defs:
-            if isinstance(d, dict) and d.get("name") in crit.LABELS and d.get("op") in ("<", ">"):
+            if d.get("name") in crit.LABELS and d.get("op") in ("<", ">"):
                 out.append(crit.Criterion(d["name"], d["op"], float(d["target"]), d.get("label") or crit.LABELS[d["name"]]))
         if out:
             return out, "plan.json"
+    if run.plan.get("scenario") and run.plan.get("stages") and (defs is None or isinstance(defs, list)):
+        overrides = [str(d) for d in defs or []]
+        try:  # the fleet plan: the spec's defaults at cluster scale plus the operator's --criterion overrides
+            out = crit.apply_overrides(crit.default_criteria(scenario, hold_s=hold_s, offered_per_s=offered), overrides)
+            return out, f"spec defaults for '{scenario}' at cluster scale" + (f" + overrides {', '.join(overrides)}" if overrides else "")
+        except Exception:  # noqa: BLE001 - unreadable overrides: fall back to what the agents evaluated
+            pass
     rows_by_agent = [a.summary["criteria"] for a in run.agents.values()
                      if a.summary and isinstance(a.summary.get("criteria"), list)]
     if rows_by_agent:
@@ -161,9 +169,11 @@ def _plan_facts(run: RunData) -> dict:
     except Exception:  # noqa: BLE001 - stages are shown as written even if they do not parse
         pass
     rate = _num(plan.get("rate", plan.get("rate_per_user", agent_plan.get("rate_per_user"))))
-    offered = sum(_num((a.summary or {}).get("plan", {}).get("offered_msgs_per_s")) or 0 for a in run.agents.values())
-    if not offered and rate and peak:
-        offered = rate * peak
+    peak = _num(plan.get("peak_connections")) or peak
+    if rate is not None and peak:
+        offered = rate * peak  # the whole fleet's planned load
+    else:
+        offered = sum(_num((a.summary or {}).get("plan", {}).get("offered_msgs_per_s")) or 0 for a in run.agents.values())
     return {"stages": stages, "hold_s": hold_s, "total_s": total_s, "peak": peak, "rate": rate,
             "offered_msgs_per_s": offered or None,
             "message_size": plan.get("message_size", agent_plan.get("message_size"))}
@@ -253,13 +263,16 @@ def gateway_nodes(gw: pd.DataFrame | None, hold) -> list[dict]:
 # ---------------------------------------------------------------- agents
 
 
-def _agent_state(host: str, a, facts: dict) -> tuple[str, str | None]:
+def _agent_state(host: str, a, facts: dict, unreachable: dict) -> tuple[str, str | None]:
     """done | dead | unreachable | missing | incomplete, and why."""
     state = str(facts.get("state") or facts.get("exit_state") or "").lower()
+    if host in unreachable:
+        return "unreachable", unreachable[host]
     if state in ("dead", "unreachable"):
         return state, facts.get("reason") or facts.get("error") or f"run.json says {state}"
     if a.path is None or (a.timeseries is None and a.summary is None):
-        return "missing", "no output collected from this generator"
+        why = facts.get("collect_error") or facts.get("error")
+        return "missing", f"no output collected from this generator{': ' + str(why) if why else ''}"
     if a.summary is None:
         return "dead", "no summary.json: the agent ended without summarizing (killed or crashed)"
     if not a.summary.get("complete", True) or a.summary.get("workers_dead"):
@@ -378,10 +391,11 @@ def analyze(run: RunData) -> dict:
     series = _series(ts, win, lat, gw, gw_source)
     # agents, skew, partial
     facts_by_agent = run_agents(run.run)
+    unreachable = unreachable_hosts(run.run)
     agents_out, partial = {}, []
     for i, (host, a) in enumerate(run.agents.items()):
         facts = facts_by_agent.get(host, {})
-        state, why = _agent_state(host, a, facts)
+        state, why = _agent_state(host, a, facts, unreachable)
         s = a.summary or {}
         df = a.timeseries
         row = {"host": host, "state": state, "why": why, "version": s.get("version"),
@@ -519,8 +533,11 @@ def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | No
 
 def _phase_spans(ts: pd.DataFrame, win: dict) -> list[dict]:
     spans = ts.groupby("phase")["ts"].agg(["min", "max"]).reset_index()
-    return [{"phase": r.phase, "from": float(r["min"] - win["t0"]), "to": float(r["max"] - win["t0"])}
-            for _, r in spans.sort_values("min").iterrows()]
+    out = [{"phase": r.phase, "from": float(r["min"] - 1 - win["t0"]), "to": float(r["max"] - win["t0"])}
+           for _, r in spans.sort_values("min").iterrows()]  # a row's ts is the end of its 1-s interval
+    if win["planned_start"] is not None:
+        out.append({"phase": "start", "from": float(win["planned_start"] - win["t0"]), "to": None})
+    return out
 
 
 def _imbalance(values: list[float]) -> float | None:

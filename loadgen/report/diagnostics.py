@@ -57,10 +57,12 @@ def check_connect_timeouts(s, series, nodes, host_info, agents, win):
     for host, b, a in overflow:
         ev.append(f"{host}: listen queue overflows {b} before, {a} after the run"
                   + (" - the accept backlog overflowed" if (a or 0) > (b or 0) else ""))
-    for host, b, a in _probe_values(host_info, "sysctl", "net.core.somaxconn"):
-        ev.append(f"{host}: net.core.somaxconn = {a or b}" + (" (the spec tunes it to 65535)" if str(a or b).strip() != "65535" else ""))
-    for host, b, a in _probe_values(host_info, "sysctl", "net.ipv4.tcp_max_syn_backlog"):
-        ev.append(f"{host}: net.ipv4.tcp_max_syn_backlog = {a or b}")
+    for key in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"):
+        values = {h: a or b for h, b, a in _probe_values(host_info, "sysctl", key)}
+        values.update({h: v for h, v in host_info.get("sysctls", {}).get(key, {}).items() if h not in values})
+        gateways = {h: v for h, v in values.items() if host_info["roles"].get(h) == "gateway"} or values
+        for host, v in gateways.items():
+            ev.append(f"{host}: {key} = {v}" + (" (the spec tunes it to 65535)" if str(v).strip() != "65535" else ""))
     for host, b, a in _probe_values(host_info, "ss-s", "synrecv"):
         ev.append(f"{host}: SYN-RECV sockets {b} before, {a} after (ss -s)")
     if not overflow:

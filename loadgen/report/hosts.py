@@ -27,6 +27,17 @@ def parse_ss(text: str) -> dict:
     return out
 
 
+_EXIT = re.compile(r"^\[exit (\d+)\]\s*$", re.M)
+
+
+def probe_output(text: str) -> str | None:
+    """The command's output without the fleet's trailing '[exit N]' line; None when the command failed."""
+    m = _EXIT.search(text or "")
+    if m and m.group(1) != "0":
+        return None
+    return _EXIT.sub("", text or "")
+
+
 def first_int(text: str) -> int | None:
     m = re.search(r"-?\d+", text or "")
     return int(m.group(0)) if m else None
@@ -50,10 +61,13 @@ SYSCTL_KEYS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.i
 
 
 def probe_summary(name: str, text: str) -> dict:
-    """Key figures of one raw probe output (empty when the format is not recognized)."""
+    """Key figures of one raw probe output (empty when the format is not recognized or the command failed)."""
+    text = probe_output(text)
+    if text is None:
+        return {}
     if name == "ss-s":
         return parse_ss(text)
-    if name in ("lsof-count", "established"):
+    if name in ("lsof-count", "established", "gateway-fds"):
         v = first_int(text)
         return {} if v is None else {name: v}
     if name == "redis-info":
@@ -101,21 +115,31 @@ def probe_summary(name: str, text: str) -> dict:
     return {}
 
 
+def normalize_role(text: str) -> str:
+    """samples.csv roles are inventory groups joined by '+' ('gateways+etcd'): the main one, singular."""
+    parts = [p.strip() for p in str(text or "").split("+") if p.strip()]
+    names = [{"gateways": "gateway", "generators": "generator"}.get(p, p) for p in parts]
+    for main in ROLE_ORDER:
+        if main in names:
+            return main
+    return names[0] if names else ""
+
+
 def _roles(run, samples: pd.DataFrame | None) -> dict:
     roles: dict = {}
     if samples is not None and len(samples):
         for host, role in samples.groupby("host")["role"].last().items():
-            if role:
-                roles[host] = role
-    groups = run.plan.get("hosts")
-    if isinstance(groups, dict):
-        for group, members in groups.items():
-            if isinstance(members, list):
-                role = {"gateways": "gateway", "generators": "generator"}.get(group, group.rstrip("s"))
-                for h in members:
-                    name = h if isinstance(h, str) else (h.get("name") or h.get("host") if isinstance(h, dict) else None)
-                    if name:
-                        roles.setdefault(str(name), role)
+            if normalize_role(role):
+                roles[host] = normalize_role(role)
+    for key in ("groups", "hosts"):
+        groups = run.plan.get(key)
+        if isinstance(groups, dict):
+            for group, members in groups.items():
+                if isinstance(members, list):
+                    for h in members:
+                        name = h if isinstance(h, str) else (h.get("name") or h.get("host") if isinstance(h, dict) else None)
+                        if name:
+                            roles.setdefault(str(name), normalize_role(group))
     return roles
 
 
@@ -173,9 +197,16 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
             if name == "lsof-count":
                 row["lsof_before"] = (entry["before_summary"] or {}).get("lsof-count")
                 row["lsof_after"] = (entry["after_summary"] or {}).get("lsof-count")
+    # preflight facts in run.json ("sysctl:<name>": value per host), e.g. somaxconn for the backlog check
+    sysctls: dict = {}
+    pre = (run.run.get("preflight") or {}).get("hosts") or {}
+    for host, facts in pre.items() if isinstance(pre, dict) else ():
+        for k, v in (facts.items() if isinstance(facts, dict) else ()):
+            if k.startswith("sysctl:"):
+                sysctls.setdefault(k[7:], {})[host] = v
     infra = [p for p in probes_out if p["probe"] in ("etcd-health", "etcd-status", "redis-info", "kafka-topics")]
     system = [p for p in probes_out if p not in infra]
     ordered = sorted(rows.values(), key=lambda r: (ROLE_ORDER.index(r["role"]) if r["role"] in ROLE_ORDER else len(ROLE_ORDER),
                                                    r["role"], r["host"]))
-    return {"rows": ordered, "charts": charts, "infra": infra, "system_probes": system, "roles": roles,
+    return {"rows": ordered, "charts": charts, "infra": infra, "system_probes": system, "roles": roles, "sysctls": sysctls,
             "samples_present": samples is not None and len(samples) > 0, "probes_present": bool(run.probes)}

@@ -176,8 +176,8 @@ def load_run(path: str) -> RunData:
     if not os.path.isdir(path):
         raise UsageError(f"{path} is not a directory")
     has_agents = os.path.isdir(os.path.join(path, "agents"))
-    if not (has_agents or os.path.isfile(os.path.join(path, "plan.json"))):
-        raise UsageError(f"{path} is not a run directory (no plan.json and no agents/)")
+    if not (has_agents or any(os.path.isfile(os.path.join(path, f)) for f in ("plan.json", "run.json"))):
+        raise UsageError(f"{path} is not a run directory (no plan.json, run.json or agents/)")
     problems: list[str] = []
     plan = _read_json(os.path.join(path, "plan.json"), problems) or {}
     run = _read_json(os.path.join(path, "run.json"), problems) or {}
@@ -197,12 +197,26 @@ def load_run(path: str) -> RunData:
 def _planned_agents(plan: dict, run: dict) -> list[str]:
     """Generators the plan or run.json names: an agent with no directory still counts (as missing)."""
     names = list(run_agents(run))
-    hosts = plan.get("hosts")
-    if isinstance(hosts, dict):
-        for key in ("generators", "generator", "agents"):
-            if isinstance(hosts.get(key), list):
-                names += [str(h if not isinstance(h, dict) else h.get("name") or h.get("host")) for h in hosts[key]]
+    if isinstance(plan.get("generators"), list):
+        names += [str(h) for h in plan["generators"]]
+    for group_key in ("groups", "hosts"):
+        hosts = plan.get(group_key)
+        if isinstance(hosts, dict):
+            for key in ("generators", "generator", "agents"):
+                if isinstance(hosts.get(key), list):
+                    names += [str(h if not isinstance(h, dict) else h.get("name") or h.get("host")) for h in hosts[key]]
     return list(dict.fromkeys(names))
+
+
+def unreachable_hosts(run: dict) -> dict:
+    """run.json 'unreachable': [{"host", "error"}] -> {host: error}."""
+    out = {}
+    for u in run.get("unreachable") or []:
+        if isinstance(u, dict) and u.get("host"):
+            out[str(u["host"])] = str(u.get("error") or "unreachable")
+        elif isinstance(u, str):
+            out[u] = "unreachable"
+    return out
 
 
 def run_agents(run: dict) -> dict:

@@ -95,6 +95,9 @@ def line_chart(title: str, x, series: dict, unit: str = "", spans: list[dict] | 
     parts = [f'<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="{escape(title)}" '
              f'data-unit="{escape(unit)}">', f'<text class="title" x="{ML}" y="18">{escape(title)}</text>']
     for sp in spans or []:
+        if sp.get("phase") == "start" and x_max and 0 <= sp["from"] <= x_max:
+            xs = sx(sp["from"])
+            parts.append(f'<line class="start" x1="{xs:.1f}" x2="{xs:.1f}" y1="{MT}" y2="{MT + ph}"><title>planned start</title></line>')
         if sp.get("phase") == "hold" and x_max:
             x1, x2 = sx(max(0, sp["from"])), sx(min(x_max, sp["to"]))
             parts.append(f'<rect class="hold" x="{x1:.1f}" y="{MT}" width="{max(0, x2 - x1):.1f}" height="{ph}"><title>hold phase</title></rect>')
