@@ -20,9 +20,27 @@ CLOCK_SKEW_LIMIT_S = 1.0
 
 def _facts_script(keys: list[str]) -> str:
     reads = "; ".join(f"echo sysctl:{k}=$(sysctl -n {k} 2>/dev/null | tr -s '\\t ' ' ')" for k in keys)
-    return ("echo clock=$(date +%s.%N); echo nofile_hard=$(ulimit -Hn); echo cores=$(nproc); "
+    return ("echo nofile_hard=$(ulimit -Hn); echo cores=$(nproc); "
             "echo mem_available_kb=$(awk '/MemAvailable/{print $2}' /proc/meminfo); "
             "echo port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range | tr -s '\\t ' ' '); " + reads)
+
+
+def clock_offset(host, samples: int = 3) -> dict:
+    """Offset of the host's clock from ours, NTP-style: the sample with the shortest round trip wins."""
+    best = None
+    for _ in range(samples):
+        t0 = time.time()
+        r = host.run("date +%s.%N", timeout=10)
+        t1 = time.time()
+        try:
+            remote = float(r.stdout.strip())
+        except ValueError:
+            continue
+        if best is None or t1 - t0 < best[1]:
+            best = (remote - (t0 + t1) / 2, t1 - t0)
+    if best is None:
+        return {"clock_offset_ms": None}
+    return {"clock_offset_ms": round(best[0] * 1000, 3), "clock_rtt_ms": round(best[1] * 1000, 3)}
 
 
 def check_fleet(ct) -> dict:
@@ -31,18 +49,12 @@ def check_fleet(ct) -> dict:
     keys = sorted({k for d in SPEC_SYSCTLS.values() for k in d})
 
     def one(host):
-        t0 = time.time()
         r = host.run(_facts_script(keys), timeout=15)
-        t1 = time.time()
         facts = {}
         for line in r.stdout.splitlines():
             k, _, v = line.partition("=")
             facts[k.strip()] = v.strip()
-        try:
-            facts["clock_offset_ms"] = round((float(facts.pop("clock")) - (t0 + t1) / 2) * 1000, 3)
-            facts["rtt_ms"] = round((t1 - t0) * 1000, 3)
-        except (KeyError, ValueError):
-            facts["clock_offset_ms"] = None
+        facts.update(clock_offset(host))
         return facts
 
     def version(host):
@@ -52,6 +64,7 @@ def check_fleet(ct) -> dict:
 
     facts = parallel(ct.hosts, one)
     problems, warnings = [], []
+    untuned: dict[tuple, list[str]] = {}
     versions = parallel(ct._subset(ct.live_generators), version)
     for name, r in versions.items():
         if not getattr(r, "ok", False):
@@ -70,7 +83,7 @@ def check_fleet(ct) -> dict:
             for key, want in SPEC_SYSCTLS.get(role, {}).items():
                 live = f.get(f"sysctl:{key}")
                 if live != want:
-                    warnings.append(f"{name}: {key} is {live or 'unreadable'} (spec: {want})")
+                    untuned.setdefault((key, live or "unreadable", want), []).append(name)
     for name in ct.live_generators:
         f = facts.get(name)
         if not isinstance(f, dict):
@@ -92,6 +105,10 @@ def check_fleet(ct) -> dict:
             f["fd_limit_per_process"] = int(f["nofile_hard"]) if f["nofile_hard"].isdigit() else f["nofile_hard"]
         except (KeyError, ValueError):
             warnings.append(f"{name}: could not read port range / memory")
+    # one line per sysctl, naming the hosts (a fleet of 200 must not print 200 lines)
+    for (key, live, want), names in sorted(untuned.items()):
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.append(f"{key} = {live} (spec: {want}) on {shown}; apply playbooks/prepare.yml")
     for w in warnings:
         print(f"preflight: warning: {w}")
     if problems:
