@@ -89,6 +89,7 @@ def test_dead_and_unreachable_agents_make_the_run_partial(tmp_path):
     s = build_report(path)
     assert s["status"] == "PARTIAL" and s["passed"] is False and s["complete"] is False
     assert s["agents"]["dies"]["state"] == "dead" and s["agents"]["lost-1"]["state"] == "unreachable"
+    assert s["agents"]["dies"]["start_skew_ms"] == pytest.approx(5.0, abs=0.5)  # from its rows: ts - elapsed_s
     assert any("dies" in r for r in s["partial_reasons"]) and any("lost-1" in r for r in s["partial_reasons"])
     # the dead agent's rows up to its death still count
     assert s["messages"]["sent"] == truth.counters["msgs_sent"]

@@ -17,10 +17,21 @@ import pytest
 
 from synthetic import AgentSpec, make_run, three_agents
 
+HOVER_JS = r"""
+(() => {
+  const chart = document.querySelector("svg.chart g.values").closest("svg");
+  chart.scrollIntoView();
+  const r = chart.getBoundingClientRect();
+  chart.dispatchEvent(new MouseEvent("mousemove", {clientX: r.left + r.width * 0.5, clientY: r.top + r.height / 2, bubbles: true}));
+  const box = chart.parentNode.querySelector(".readout");
+  return {shown: getComputedStyle(box).display, text: box.textContent};
+})()
+"""
+
 pytestmark = pytest.mark.browser
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic", "--remote-debugging-address=127.0.0.1",
+         "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage", "--remote-debugging-address=127.0.0.1",
          "--remote-debugging-port=0", "--window-size=1100,900"]
 
 CHECK_JS = r"""
@@ -181,6 +192,23 @@ def test_full_report_renders_every_chart(browser, tmp_path):
     # + 2 distribution bars
     assert result["charts"] >= 14, result
     assert not any("Active connections per gateway node" in t for t in result["notCollected"])
+    hover = browser.evaluate(HOVER_JS)
+    assert hover["shown"] == "block" and hover["text"].startswith("t = ") and "total: 120" in hover["text"], hover
+    assert browser.errors() == []
+
+
+def test_comparison_page_renders(browser, tmp_path):
+    from loadgen.report import compare_runs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_run(str(a), [AgentSpec("g", 20, 0.2)], samples=False, probes=False)
+    make_run(str(b), [AgentSpec("g", 45, 0.2)], samples=False, probes=False)
+    res = compare_runs(str(a), str(b))
+    browser.open(res["report"])
+    result = browser.evaluate(CHECK_JS)
+    browser.screenshot(str(tmp_path / "compare.png"), result["height"])
+    assert browser.errors() == [] and result["bad"] == [] and result["external"] == []
+    assert result["charts"] == 3 and result["status"] == "REGRESSION"
 
 
 def test_bare_run_dir_says_not_collected(browser, tmp_path):

@@ -282,12 +282,20 @@ def _agent_state(host: str, a, facts: dict, unreachable: dict) -> tuple[str, str
 
 
 def _skew(a, facts: dict, planned) -> dict:
+    """Actual start - planned start: from the agent's summary, else (a dead agent) from its rows' ts - elapsed_s."""
     s = a.summary or {}
     worker_skews = [v for v in (s.get("start_skew_ms") or {}).values() if _num(v) is not None]
     skew = _num(facts.get("start_skew_ms"))
-    if skew is None and s.get("started_at") and (s.get("planned_start_at") or planned):
-        skew = (float(s["started_at"]) - float(s.get("planned_start_at") or planned)) * 1000.0
-    return {"start_skew_ms": skew, "worker_skew_max_ms": max(worker_skews) if worker_skews else None}
+    planned = s.get("planned_start_at") or planned
+    if skew is None and s.get("started_at") and planned:
+        skew = (float(s["started_at"]) - float(planned)) * 1000.0
+    df = a.timeseries
+    if skew is None and planned and df is not None and len(df):
+        starts = (df["ts"] - df["elapsed_s"]).groupby(df["worker"]).min()
+        skew = (float(starts.min()) - float(planned)) * 1000.0
+        worker_skews = [(float(v) - float(planned)) * 1000.0 for v in starts]
+    return {"start_skew_ms": skew, "worker_skew_max_ms": max(worker_skews) if worker_skews else None,
+            "started_at": _num(s.get("started_at")) or (float(planned) + skew / 1000.0 if skew is not None and planned else None)}
 
 
 # ---------------------------------------------------------------- main
@@ -400,7 +408,7 @@ def analyze(run: RunData) -> dict:
         df = a.timeseries
         row = {"host": host, "state": state, "why": why, "version": s.get("version"),
                "agent_id": s.get("agent") or (str(df["agent"].iloc[0]) if df is not None and len(df) else None),
-               "started_at": _num(s.get("started_at") or facts.get("started_at")), "ended_at": _num(s.get("ended_at")),
+               "ended_at": _num(s.get("ended_at")),
                "rows": int(len(df)) if df is not None else 0,
                "workers": int(df["worker"].nunique()) if df is not None and len(df) else 0,
                "workers_dead": s.get("workers_dead") or [], "stopped_by": s.get("stopped_by"),

@@ -16,6 +16,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(chart_left=svg.ML, chart_right=svg.MR)  # the hover readout maps mouse x to data x
     env.filters["num"] = lambda v, unit="": svg.fmt_value(v, unit) if isinstance(v, (int, float)) and v is not None else "-"
     env.filters["pct"] = lambda v, digits=2: "-" if v is None else f"{v * 100:.{digits}f}%"
     env.filters["ms"] = lambda v: "-" if v is None else f"{v:,.2f} ms"
