@@ -1,0 +1,31 @@
+#!/bin/sh
+# Build (on the controller) a wheelhouse holding this project and every dependency, so the
+# hosts install with pip --no-index. Offline first (reuses wheels already there); falls back to
+# the package index only for what is missing. The project wheel is reproducible
+# (SOURCE_DATE_EPOCH), so an unchanged source gives a byte-identical wheel.
+# Usage: build-wheelhouse.sh PYTHON PROJECT_DIR WHEELHOUSE
+# Also packs the wheels as WHEELHOUSE.tar (reproducible: sorted, fixed mtimes and owners), so
+# hosts get one file to compare and copy.
+# Prints one JSON line: {"wheel": <project wheel file>, "digest": <sha256 over all wheels>,
+# "tar": <path of the tar>}.
+set -eu
+py=$1 src=$2 wh=$3
+mkdir -p "$wh"
+export SOURCE_DATE_EPOCH=315532800 PIP_DISABLE_PIP_VERSION_CHECK=1
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+# Build from a copy so nothing (build/, *.egg-info) is written into the source tree.
+tar -C "$src" --exclude=./.venv --exclude=./.git --exclude=./reports --exclude=./build \
+    --exclude=./inventory/lab --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$build" -xf -
+if ! "$py" -m pip wheel -q --no-index --find-links "$wh" --wheel-dir "$wh" "$build" >/dev/null 2>&1; then
+  "$py" -m pip download -q --dest "$wh" setuptools wheel >&2
+  "$py" -m pip wheel -q --find-links "$wh" --wheel-dir "$wh" "$build" >&2
+fi
+name=$("$py" -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1]+"/pyproject.toml","rb"))["project"]["name"])' "$build")
+ver=$("$py" -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1]+"/pyproject.toml","rb"))["project"]["version"])' "$build")
+wheel=$(cd "$wh" && ls "$(echo "$name" | tr - _)-$ver"-*.whl | head -n1)
+digest=$(cd "$wh" && sha256sum ./*.whl | sort -k2 | sha256sum | cut -d' ' -f1)
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$wh" -cf "$build.tar" \
+    $(cd "$wh" && ls ./*.whl)
+if ! cmp -s "$build.tar" "$wh.tar"; then mv "$build.tar" "$wh.tar"; else rm -f "$build.tar"; fi
+printf '{"wheel": "%s", "digest": "%s", "tar": "%s"}\n' "$wheel" "$digest" "$wh.tar"
