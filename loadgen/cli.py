@@ -63,6 +63,10 @@ def _gateway_parser(sub) -> None:
     p.add_argument("--token-file", help="read the token from this file (mode 600)")
     p.add_argument("--heartbeat-file", help="controller heartbeat: stop when it goes stale (fab-started gateways)")
     p.add_argument("--deadman-timeout", default="60s", help="staleness that stops the gateway (default 60s)")
+    p.add_argument("--etcd", metavar="URLS", help="cluster mode: etcd v3 client URLs (http://h:2379,...); also cluster.etcd")
+    p.add_argument("--redis", metavar="URL", help="cluster mode: session registry redis://HOST:PORT[/DB] "
+                   "(password: REDIS_PASSWORD or cluster.redis_password_file); also cluster.redis")
+    p.add_argument("--kafka", metavar="BOOTSTRAP", help="cluster mode: Kafka bootstrap HOST:PORT,...; also cluster.kafka")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -100,6 +104,12 @@ def _cmd_gateway(args) -> int:
     config = load_config(args.config)
     fd_limit()
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
+    from loadgen.gateway.cluster import cluster_settings
+
+    if args.redis and "@" in args.redis:
+        print("loadgen: warning: a password in --redis is visible in ps; prefer REDIS_PASSWORD", file=sys.stderr)
+    cluster = cluster_settings(config, etcd=args.etcd, redis=args.redis, kafka=args.kafka,
+                               advertise=f"{args.host}:{args.port}")
     try:
         import uvloop
 
@@ -108,7 +118,7 @@ def _cmd_gateway(args) -> int:
         runner = asyncio.run
     try:
         runner(serve(config, token, host=args.host, port=args.port, metrics_host=args.metrics_host,
-                     metrics_port=args.metrics_port, node_id=node_id, heartbeat_file=args.heartbeat_file,
+                     metrics_port=args.metrics_port, node_id=node_id, heartbeat_file=args.heartbeat_file, cluster=cluster,
                      deadman_s=parse_duration(args.deadman_timeout, "--deadman-timeout")))
     except OSError as exc:
         raise LoadgenError(f"gateway cannot listen: {exc.strerror or exc}") from None

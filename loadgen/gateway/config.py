@@ -24,6 +24,17 @@ class GatewayConfig:
     max_bad_frames_per_min: int = 20
     max_idle_conns: int = 1000  # connection_pool: for the registry/router backends (cluster mode)
     max_open_conns: int = 10000
+    # cluster: (docs/protocol.md "Cluster mode"); empty etcd/redis/kafka = single node, in-memory routing
+    cluster_etcd: str = ""  # etcd v3 client URLs, comma-separated
+    cluster_redis: str = ""  # redis://host:port/db (password: REDIS_PASSWORD or cluster.redis_password_file)
+    cluster_kafka: str = ""  # bootstrap host:port list, comma-separated
+    redis_password_file: str = ""
+    registry_ttl_s: float = 90.0  # user -> node entries expire unless heartbeats (pings) refresh them
+    lease_ttl_s: float = 10.0  # etcd membership lease; kept alive every third of it
+    backend_timeout_s: float = 5.0  # bound on every Redis/etcd/Kafka operation
+    kafka_partitions: int = 1  # partitions of each node's topic
+    kafka_replication_factor: int = 3  # capped at the number of live brokers
+    topic_prefix: str = "im-gateway.node."
 
 
 _KEYS = {
@@ -39,6 +50,16 @@ _KEYS = {
     ("limits", "max_bad_frames_per_min"): ("max_bad_frames_per_min", int),
     ("connection_pool", "max_idle_conns"): ("max_idle_conns", int),
     ("connection_pool", "max_open_conns"): ("max_open_conns", int),
+    ("cluster", "etcd"): ("cluster_etcd", "list"),
+    ("cluster", "redis"): ("cluster_redis", str),
+    ("cluster", "kafka"): ("cluster_kafka", "list"),
+    ("cluster", "redis_password_file"): ("redis_password_file", str),
+    ("cluster", "registry_ttl"): ("registry_ttl_s", "duration"),
+    ("cluster", "lease_ttl"): ("lease_ttl_s", "duration"),
+    ("cluster", "backend_timeout"): ("backend_timeout_s", "duration"),
+    ("cluster", "kafka_partitions"): ("kafka_partitions", int),
+    ("cluster", "kafka_replication_factor"): ("kafka_replication_factor", int),
+    ("cluster", "topic_prefix"): ("topic_prefix", str),
 }
 
 
@@ -63,10 +84,17 @@ def load_config(path: str | None) -> GatewayConfig:
             if spec is None:
                 raise UsageError(f"config {path}: unknown key {section}.{key}")
             name, kind = spec
+            if kind in ("list", str):  # a YAML list or a comma-separated string
+                items = raw if isinstance(raw, list) else [raw]
+                if not all(isinstance(i, str) and i.strip() for i in items):
+                    raise UsageError(f"config {path}: {section}.{key} = {raw!r} is not a non-empty string")
+                values[name] = ",".join(i.strip() for i in items)
+                continue
             try:
                 value = parse_duration(raw, f"{section}.{key}") if kind == "duration" else kind(raw)
             except (TypeError, ValueError):
-                raise UsageError(f"config {path}: {section}.{key} = {raw!r} is not a {kind.__name__}") from None
+                label = "duration" if kind == "duration" else kind.__name__
+                raise UsageError(f"config {path}: {section}.{key} = {raw!r} is not a {label}") from None
             if value <= 0:
                 raise UsageError(f"config {path}: {section}.{key} must be positive")
             values[name] = value

@@ -1,7 +1,8 @@
 """Who is connected where: the seam between a single in-memory node and a cluster.
 
 The server asks its Router to deliver a frame to a user id. LocalRouter knows only this node's
-sessions; a cluster router (Redis registry + Kafka between nodes) implements the same interface.
+sessions; the cluster router (loadgen.gateway.cluster: Redis registry + Kafka between nodes + etcd
+membership) implements the same interface and routes users not connected here (`remote`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,35 @@ class Router(Protocol):
     def unregister(self, session: Session) -> None: ...
 
     def deliver(self, to_user: str, frame: bytes) -> bool:
-        """True when delivered (or handed to the owning node); False: unknown recipient."""
+        """True when delivered to a session on this node; False: not connected here."""
         ...
 
     def __len__(self) -> int: ...
 
+    # cluster mode; LocalRouter's versions do nothing
+    remote: bool  # True: users not connected here may be on another node (call route)
+
+    def route(self, to_user: str, frame: bytes, done) -> None:
+        """Hand the frame to the user's node; later calls done(None), or done((kind, detail)) when not."""
+        ...
+
+    def heartbeat(self, session: Session) -> None:
+        """The session sent an application ping (refreshes its registry TTL)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def render_metrics(self) -> str:
+        """Extra Prometheus lines (routing, backends)."""
+        ...
+
 
 class LocalRouter:
     """Single-node registry in memory; a user's newest connection replaces the older one."""
+
+    remote = False
 
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
@@ -56,3 +78,18 @@ class LocalRouter:
             return False
         session.push(frame)
         return True
+
+    def route(self, to_user: str, frame: bytes, done) -> None:
+        done(("unknown_recipient", f"user {to_user} is not connected"))
+
+    def heartbeat(self, session: Session) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def render_metrics(self) -> str:
+        return ""

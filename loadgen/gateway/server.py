@@ -163,10 +163,13 @@ class GatewaySession(WSListener):
         m = self.gw.metrics
         m.messages_received += 1
         if cmd.type == "send":
-            if self.gw.router.deliver(cmd.to, protocol.deliver_frame(self.user, cmd)):
+            frame = protocol.deliver_frame(self.user, cmd)
+            if self.gw.router.deliver(cmd.to, frame):
                 m.messages_sent += 1
                 m.latency.observe(time.monotonic() - now)
                 self.push(protocol.ack_frame(cmd))
+            elif self.gw.router.remote:  # cluster mode: the user may be on another node
+                self.gw.router.route(cmd.to, frame, lambda error: self._routed(cmd, error))
             else:
                 self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id)
         elif cmd.type == "echo":
@@ -175,6 +178,17 @@ class GatewaySession(WSListener):
             m.latency.observe(time.monotonic() - now)
         else:  # ping: application heartbeat (refreshes the registry TTL in cluster mode)
             self.push(protocol.pong_frame(cmd))
+            self.gw.router.heartbeat(self)
+
+    def _routed(self, cmd, error) -> None:
+        """Cluster mode: the owning node's topic has the message (ack), or why not."""
+        if error is None:
+            self.push(protocol.ack_frame(cmd))
+        elif error[0] == "unknown_recipient":
+            self._error(error[0], error[1], cmd.id)
+        else:  # a backend is down: counted, but not held against the client as a bad frame
+            self.gw.metrics.count(self.gw.metrics.errors, error[0])
+            self.push(protocol.error_frame(error[0], error[1], cmd.id))
 
 
 async def _serve_metrics(gw: Gateway, host: str, port: int):
@@ -185,7 +199,7 @@ async def _serve_metrics(gw: Gateway, host: str, port: int):
                 pass
             path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
             if path == b"/metrics":
-                status, body, ctype = "200 OK", gw.metrics.render().encode(), "text/plain; version=0.0.4"
+                status, body, ctype = "200 OK", (gw.metrics.render() + gw.router.render_metrics()).encode(), "text/plain; version=0.0.4"
             elif path == b"/healthz":
                 status, body, ctype = "200 OK", b"ok\n", "text/plain"
             else:
@@ -210,8 +224,13 @@ async def _watch_deadman(path: str, timeout_s: float, stop: asyncio.Event) -> No
 
 async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metrics_host: str,
                 metrics_port: int, node_id: str, ready=None, heartbeat_file: str | None = None,
-                deadman_s: float = 60.0) -> None:
+                deadman_s: float = 60.0, cluster=None) -> None:
     gw = Gateway(config, token, node_id)
+    if cluster is not None:  # loadgen.gateway.cluster.ClusterSettings: etcd + Redis + Kafka routing
+        from loadgen.gateway.cluster import ClusterRouter
+
+        gw.router = ClusterRouter(node_id, cluster, gw.metrics)
+    await gw.router.start()  # before listening: cross-node messages for our users are consumed from now on
     server = await ws_create_server(
         gw.listener_factory, host, port,
         websocket_handshake_timeout=config.handshake_timeout_s,
@@ -240,4 +259,5 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
     if watchdog is not None:
         watchdog.cancel()
     server.close()
+    await gw.router.stop()
     metrics_server.close()
