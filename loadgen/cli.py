@@ -49,6 +49,9 @@ def _run_parser(sub) -> None:
     p.add_argument("--pairing", choices=("same-node", "cross-node"), default="same-node",
                    help="peer messages stay on one gateway node, or cross nodes (needs gateway cluster routing)")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="echo as fast as replies come, one in flight per connection (k6-style benchmark; "
+                        "latency is per round trip, coordinated omission is inherent); no --rate")
 
 
 def _gateway_parser(sub) -> None:
@@ -67,6 +70,9 @@ def _gateway_parser(sub) -> None:
     p.add_argument("--redis", metavar="URL", help="cluster mode: session registry redis://HOST:PORT[/DB] "
                    "(password: REDIS_PASSWORD or cluster.redis_password_file); also cluster.redis")
     p.add_argument("--kafka", metavar="BOOTSTRAP", help="cluster mode: Kafka bootstrap HOST:PORT,...; also cluster.kafka")
+    p.add_argument("--processes", type=int, default=1,
+                   help="processes sharing --port (SO_REUSEPORT); process i serves metrics on --metrics-port + i. "
+                        "No routing between them: send reaches users on the same process only (default 1)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -101,6 +107,8 @@ def _cmd_gateway(args) -> int:
     for name, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
         if not 0 < port < 65536:
             raise UsageError(f"{name} must be 1-65535")
+    if not 1 <= args.processes <= 256 or args.metrics_port + args.processes > 65536:
+        raise UsageError("--processes must be 1-256, and --metrics-port + processes - 1 a valid port")
     config = load_config(args.config)
     fd_limit()
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
@@ -116,10 +124,22 @@ def _cmd_gateway(args) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    try:
+    deadman_s = parse_duration(args.deadman_timeout, "--deadman-timeout")
+
+    def run_one(metrics_port: int, node: str) -> None:
         runner(serve(config, token, host=args.host, port=args.port, metrics_host=args.metrics_host,
-                     metrics_port=args.metrics_port, node_id=node_id, heartbeat_file=args.heartbeat_file, cluster=cluster,
-                     deadman_s=parse_duration(args.deadman_timeout, "--deadman-timeout")))
+                     metrics_port=metrics_port, node_id=node, heartbeat_file=args.heartbeat_file, cluster=cluster,
+                     deadman_s=deadman_s))
+
+    if args.processes > 1:
+        from loadgen.gateway.server import serve_processes
+
+        code = serve_processes(args.processes, run_one, args.metrics_port, node_id)
+        if code:
+            raise LoadgenError(f"a gateway process failed (exit {code}); see the log above")
+        return 0
+    try:
+        run_one(args.metrics_port, node_id)
     except OSError as exc:
         raise LoadgenError(f"gateway cannot listen: {exc.strerror or exc}") from None
     return 0

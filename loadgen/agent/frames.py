@@ -11,6 +11,7 @@ import json
 MSG, ECHO, ACK, PONG, ERROR, OTHER = range(6)
 _PREFIXES = ((b'{"type":"msg"', MSG), (b'{"type":"echo"', ECHO), (b'{"type":"ack"', ACK),
              (b'{"type":"pong"', PONG), (b'{"type":"error"', ERROR))
+ECHO_PREFIX = b'{"type":"echo"'
 _TYPES = {"msg": MSG, "echo": ECHO, "ack": ACK, "pong": PONG, "error": ERROR}
 
 

@@ -27,11 +27,72 @@ def record_us(hist: HdrHistogram, value_us: int) -> None:
     hist.record_value(value_us)
 
 
-def encode(hist: HdrHistogram) -> str:
-    """Compressed base64 text ('' for an empty histogram, to keep CSV rows small)."""
+def encode(hist) -> str:
+    """Compressed base64 text ('' for an empty histogram, to keep CSV rows small). Takes a Recorder too."""
+    if isinstance(hist, Recorder):
+        hist = hist.to_histogram()
     if hist.get_total_count() == 0:
         return ""
     return hist.encode().decode("ascii")
+
+
+# HdrHistogram's bucket layout for (LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS): unit magnitude 0,
+# 2048 sub-buckets (half: 1024, magnitude 10), 27 buckets. Recorder counts with the same index math.
+_SUB_HALF_MAG = 10
+_SUB_MASK = (1 << (_SUB_HALF_MAG + 1)) - 1  # 2047
+_COUNTS_LEN = 28 << _SUB_HALF_MAG  # (bucket_count + 1) * sub_bucket_half_count
+DIRECT_US = 1 << (_SUB_HALF_MAG + 1)  # values below this (2.048 ms) are their own counts index
+
+
+def counts_index(value_us: int) -> int:
+    """HdrHistogram's counts index of a value (same math as HdrHistogram._counts_index_for)."""
+    bucket = (value_us | _SUB_MASK).bit_length() - (_SUB_HALF_MAG + 1)
+    return ((bucket + 1) << _SUB_HALF_MAG) + (value_us >> bucket) - (1 << _SUB_HALF_MAG)
+
+
+class Recorder:
+    """An interval histogram that costs a list increment per value.
+
+    Values are counted into a plain list laid out exactly like HdrHistogram's counts array; the
+    HdrHistogram (and its standard encoding) is built once, at flush. The hot path may inline
+    `counts[v] += 1` for 1 <= v < DIRECT_US (where the index is the value itself) and call
+    record() otherwise.
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts = [0] * _COUNTS_LEN
+
+    def record(self, value_us: int) -> None:
+        """Record one duration, clamped into the trackable range (never dropped)."""
+        if value_us < DIRECT_US:
+            self.counts[value_us if value_us >= LOWEST_US else LOWEST_US] += 1
+        else:
+            if value_us > HIGHEST_US:
+                value_us = HIGHEST_US
+            self.counts[counts_index(value_us)] += 1
+
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def to_histogram(self) -> HdrHistogram:
+        hist = new_histogram()
+        if not any(self.counts):
+            return hist
+        counts = hist.counts
+        lo = hi = -1
+        total = 0
+        for i, c in enumerate(self.counts):
+            if c:
+                counts[i] = c
+                total += c
+                if lo < 0:
+                    lo = i
+                hi = i
+        if total:
+            hist.set_internal_tacking_values(lo, hi, total)
+        return hist
 
 
 def merge_encoded(into: HdrHistogram, encoded: str) -> None:

@@ -31,9 +31,9 @@ class Interval:
     def reset(self) -> None:
         for name in COUNTERS:
             setattr(self, name, 0)
-        self.latency = hdr.new_histogram()
-        self.connect = hdr.new_histogram()
-        self.session = hdr.new_histogram()
+        self.latency = hdr.Recorder()  # counted per value, encoded as HdrHistogram at flush
+        self.connect = hdr.Recorder()
+        self.session = hdr.Recorder()
 
     def fail(self, reason: str) -> None:
         name = "fail_" + (reason if reason in FAIL_REASONS else "other")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import heapq
+import logging
 import os
 import random
 import re
@@ -24,6 +25,12 @@ from loadgen.agent.interval import Interval
 from loadgen.agent.schedule import OpenSchedule
 
 IDLE, CONNECTING, OPEN, DOWN = 0, 1, 2, 3
+TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
+# Per-connection memory (bench/README.md): picows' smallest read buffer (it grows by itself for bigger
+# frames), no aiofastnet (+5 KB per connection on uvloop, no gain in msg/s), and one shared logger
+# adapter (picows creates a child Logger per connection when handed a logging.Logger).
+READ_BUFFER_INIT = 2048
+PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.client"), {})
 TICK_S = 0.05  # control loop granularity; sends use their own scheduled times regardless
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 CLOSE_WAIT_S = 2.0  # a planned close waits this long for the gateway's close reply
@@ -58,7 +65,7 @@ def classify_connect_error(exc: BaseException) -> str:
 
 
 class Conn(WSListener):
-    __slots__ = ("w", "slot", "transport", "established_ns", "planned")
+    __slots__ = ("w", "slot", "transport", "established_ns", "planned", "sent_ns")
 
     def __init__(self, worker: "Worker", slot: int) -> None:
         super().__init__()
@@ -67,21 +74,63 @@ class Conn(WSListener):
         self.transport = None
         self.established_ns = 0
         self.planned = False
+        self.sent_ns = 0  # closed loop: send time of the echo in flight (0: none)
 
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
+        # the handshake headers are not needed any more: ~2 KB per idle connection
+        if transport.request is not None:
+            transport.request.headers = None
+        if transport.response is not None:
+            transport.response.headers = None
 
     def on_ws_frame(self, transport, frame) -> None:
         kind = frame.msg_type
-        if kind == WSMsgType.TEXT:
+        if kind == TEXT:
             self.w.on_text(frame.get_payload_as_bytes())
-        elif kind == WSMsgType.CLOSE:
-            if not self.planned:  # the gateway closes on us: answer, then drop the socket
-                transport.send_close(WSCloseCode.OK)
-            transport.disconnect()
+        elif kind == CLOSE:
+            self.on_close_frame(transport)
+
+    def on_close_frame(self, transport) -> None:
+        if not self.planned:  # the gateway closes on us: answer, then drop the socket
+            transport.send_close(WSCloseCode.OK)
+        transport.disconnect()
 
     def on_ws_disconnected(self, transport) -> None:
         self.w.on_disconnected(self)
+
+
+class LoopConn(Conn):
+    """Closed loop: one echo in flight; its reply is timed against its send and triggers the next send."""
+
+    __slots__ = ()
+
+    def on_ws_frame(self, transport, frame) -> None:
+        if frame.msg_type == TEXT:
+            payload = frame.get_payload_as_bytes()
+            sent = self.sent_ns
+            if sent and payload.startswith(frames.ECHO_PREFIX):
+                now = time.monotonic_ns()
+                w = self.w
+                iv = w.iv
+                iv.msgs_received += 1
+                iv.bytes_received += len(payload)
+                w.totals_received += 1
+                us = (now - sent) // 1000
+                if 0 < us < hdr.DIRECT_US:
+                    iv.latency.counts[us] += 1
+                else:
+                    iv.latency.record(us)
+                self.sent_ns = 0
+                if w.sending and not self.planned:
+                    w.send_echo(self, now)
+            elif self.w.on_text(payload) == frames.ERROR and sent:
+                self.sent_ns = 0  # the round trip ended in an error frame: go on with the next
+                w = self.w
+                if w.sending and not self.planned:
+                    w.send_echo(self, time.monotonic_ns())
+        elif frame.msg_type == CLOSE:
+            self.on_close_frame(transport)
 
 
 class Worker:
@@ -95,13 +144,8 @@ class Worker:
         self.rng = random.Random(os.getpid())
         agent = re.sub(r"[^A-Za-z0-9_.:-]", "_", plan.agent_id)[:60]
         self.uids = [f"{agent}-{index}-{s}".encode() for s in range(n)]
-        eps = plan.endpoints
-        ips = plan.local_ips or [None]
-        # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
-        node = [(s + index if plan.pairing == "cross-node" else s // 2 + index) % len(eps) for s in range(n)]
-        self.urls = [f"ws://{eps[node[s]][0]}:{eps[node[s]][1]}{plan.path}?user={self.uids[s].decode()}"
-                     for s in range(n)]
-        self.local_ips = [ips[(s // len(eps)) % len(ips)] for s in range(n)]
+        self.closed_loop = getattr(plan, "closed_loop", False)
+        self.conn_class = LoopConn if self.closed_loop else Conn
         self.headers = {"Authorization": f"Bearer {plan.token}"}
         self.state = bytearray(n)
         self.conns: list[Conn | None] = [None] * n
@@ -114,7 +158,7 @@ class Worker:
         self.closing = 0  # planned closes waiting for the gateway's close reply
         self.connecting = 0
         self.body = frames.make_body(plan.message_size)
-        self.sends = OpenSchedule(plan.rate, self.rng)
+        self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
         self.beats = OpenSchedule(1.0 / plan.heartbeat_s, self.rng)
         self.seq = 0
         self.iv = Interval()
@@ -124,8 +168,20 @@ class Worker:
         self.totals_received = 0
         self.totals_errors = 0
 
+    def url(self, slot: int) -> str:
+        """Computed per connect rather than stored: an idle slot costs no string."""
+        eps = self.plan.endpoints
+        # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
+        node = (slot + self.index if self.plan.pairing == "cross-node" else slot // 2 + self.index) % len(eps)
+        host, port = eps[node]
+        return f"ws://{host}:{port}{self.plan.path}?user={self.uids[slot].decode()}"
+
+    def local_ip(self, slot: int):
+        ips = self.plan.local_ips
+        return ips[(slot // len(self.plan.endpoints)) % len(ips)] if ips else None
+
     # --- receive path (called by picows) -----------------------------------------------------------
-    def on_text(self, payload: bytes) -> None:
+    def on_text(self, payload: bytes) -> int:
         iv = self.iv
         iv.bytes_received += len(payload)
         kind, ts = frames.classify(payload)
@@ -133,7 +189,7 @@ class Worker:
             iv.msgs_received += 1
             self.totals_received += 1
             if ts is not None:
-                hdr.record_us(iv.latency, (time.monotonic_ns() - ts) // 1000)
+                iv.latency.record((time.monotonic_ns() - ts) // 1000)
         elif kind == frames.ACK:
             iv.msgs_acked += 1
         elif kind == frames.PONG:
@@ -141,6 +197,7 @@ class Worker:
         elif kind == frames.ERROR:
             iv.msgs_errors += 1
             self.totals_errors += 1
+        return kind
 
     def on_disconnected(self, conn: Conn) -> None:
         slot = conn.slot
@@ -149,7 +206,7 @@ class Worker:
         now = time.monotonic_ns()
         self.conns[slot] = None
         self.active -= 1
-        hdr.record_us(self.iv.session, (now - conn.established_ns) // 1000)
+        self.iv.session.record((now - conn.established_ns) // 1000)
         self.beats.remove(slot)
         if conn.planned:
             self.closing -= 1
@@ -167,12 +224,14 @@ class Worker:
     # --- connection management ---------------------------------------------------------------------
     async def _open(self, slot: int) -> None:
         start = time.monotonic_ns()
-        ip = self.local_ips[slot]
+        ip = self.local_ip(slot)
+        cls = self.conn_class
         try:
             transport, conn = await asyncio.wait_for(
-                ws_connect(lambda: Conn(self, slot), self.urls[slot], extra_headers=self.headers,
+                ws_connect(lambda _request=None, _response=None: cls(self, slot), self.url(slot), extra_headers=self.headers,
                            websocket_handshake_timeout=self.plan.connect_timeout_s,
-                           local_addr=(ip, 0) if ip else None, logger_name=None),
+                           local_addr=(ip, 0) if ip else None, logger_name=PICOWS_LOG,
+                           read_buffer_init_size=READ_BUFFER_INIT, use_aiofastnet=False),
                 self.plan.connect_timeout_s)
         except Exception as exc:  # every failure is a measured outcome, never a crash
             self.connecting -= 1
@@ -195,8 +254,11 @@ class Worker:
         self.failures[slot] = 0
         self.active += 1
         self.iv.connects_ok += 1
-        hdr.record_us(self.iv.connect, (now - start) // 1000)
-        if slot not in self.sends and self.sending:
+        self.iv.connect.record((now - start) // 1000)
+        if self.closed_loop:
+            if self.sending:
+                self.send_echo(conn, now)
+        elif slot not in self.sends and self.sending:
             self.sends.add(slot, now)
         self.beats.add(slot, now)
         if self.stopping:
@@ -257,6 +319,17 @@ class Worker:
                 slot -= 1
 
     # --- send path ---------------------------------------------------------------------------------
+    def send_echo(self, conn: Conn, now_ns: int) -> None:
+        """Closed loop: the next echo of this connection, timed from now."""
+        self.seq += 1
+        data = frames.echo_frame(self.seq, now_ns, self.body)
+        conn.sent_ns = now_ns
+        conn.transport.send(TEXT, data)
+        iv = self.iv
+        iv.msgs_sent += 1
+        iv.bytes_sent += len(data)
+        self.totals_sent += 1
+
     def fire_sends(self, now_ns: int) -> None:
         iv, state, conns, body = self.iv, self.state, self.conns, self.body
         peer_mode = self.plan.mode == "peer"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import re
 import signal
+import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +25,22 @@ from loadgen.gateway.registry import LocalRouter, Router
 log = logging.getLogger("loadgen.gateway")
 CLOSE_REPLACED = 4000  # application close code: a newer connection of the same user took over
 CLOSE_GRACE_S = 1.0
+# One logger adapter shared by every connection: handed a logging.Logger, picows makes a child Logger per
+# connection (~1 KB each, never freed before the connection).
+PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
+
+# An echo frame in canonical form (integers without leading zeros, a body of printable ASCII that needs
+# no JSON escaping, no extra whitespace or keys): protocol.echo_frame(parse_client_frame(x)) == x, so the
+# reply is the request itself. Anything else takes the full parse.
+_CANONICAL_ECHO = re.compile(
+    rb'\{"type":"echo","id":(?:0|-?[1-9][0-9]{0,17}),"ts":(?:0|-?[1-9][0-9]{0,17}),"body":"[\x20\x21\x23-\x5b\x5d-\x7e]*"\}')
+
+
+def canonical_echo_reply(payload: bytes) -> bytes | None:
+    """The echo reply without a JSON round trip when the frame is canonical, else None."""
+    if payload.startswith(b'{"type":"echo","id":') and _CANONICAL_ECHO.fullmatch(payload):
+        return payload
+    return None
 
 
 class Gateway:
@@ -79,6 +98,8 @@ class GatewaySession(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        if transport.request is not None:
+            transport.request.headers = None  # read by listener_factory already: ~1 KB per idle session
         m = self.gw.metrics
         m.active += 1
         m.count(m.connections, "accepted")
@@ -156,7 +177,16 @@ class GatewaySession(WSListener):
         if kind != WSMsgType.TEXT:
             self._error("binary_frame", "frames must be JSON text")
             return
-        cmd = protocol.parse_client_frame(frame.get_payload_as_bytes())
+        payload = frame.get_payload_as_bytes()
+        reply = canonical_echo_reply(payload)
+        if reply is not None:  # the same counts and reply as the full path below, without the JSON work
+            m = self.gw.metrics
+            m.messages_received += 1
+            self.push(reply)
+            m.messages_sent += 1
+            m.latency.observe(time.monotonic() - now)
+            return
+        cmd = protocol.parse_client_frame(payload)
         if isinstance(cmd, protocol.ProtocolError):
             self._error(cmd.kind, cmd.detail, cmd.id)
             return
@@ -231,6 +261,8 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
 
         gw.router = ClusterRouter(node_id, cluster, gw.metrics)
     await gw.router.start()  # before listening: cross-node messages for our users are consumed from now on
+    if not log.isEnabledFor(logging.DEBUG):  # picows logs two INFO lines per connection: DEBUG only
+        logging.getLogger("picows").setLevel(logging.WARNING)
     server = await ws_create_server(
         gw.listener_factory, host, port,
         websocket_handshake_timeout=config.handshake_timeout_s,
@@ -240,8 +272,9 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
         max_frame_size=config.max_message_size * 2,
         read_buffer_init_size=config.read_buffer_size,
         backlog=65535,
-        reuse_port=True,
-        logger_name=None,
+        reuse_port=True,  # several processes may share the port (serve_processes)
+        logger_name=PICOWS_LOG,
+        use_aiofastnet=False,  # +5 KB per connection on uvloop (bench/README.md)
     )
     metrics_server = await _serve_metrics(gw, metrics_host, metrics_port)
     sweeper = asyncio.create_task(gw.sweep_stalled_writers())
@@ -261,3 +294,63 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
     server.close()
     await gw.router.stop()
     metrics_server.close()
+
+
+def serve_processes(processes: int, run_one, metrics_port: int, node_id: str) -> int:
+    """Run `processes` gateway processes on one port (SO_REUSEPORT: the kernel spreads connections).
+
+    Process i serves /metrics on metrics_port + i as node `node_id/i`. There is no routing between the
+    processes: a `send` reaches only users connected to the same process (echo, ping and connection
+    load are unaffected). SIGTERM/SIGINT stop them all; if one dies, the others are stopped too.
+    Returns the exit code (0, or the first failed process's code).
+    """
+    children: dict[int, int] = {}
+    for i in range(processes):
+        pid = os.fork()
+        if pid == 0:  # child: its own event loop, metrics port and node id
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM stops us
+                run_one(metrics_port + i, f"{node_id}/{i}")
+            except OSError as exc:
+                log.error("gateway process %d cannot listen: %s", i, exc.strerror or exc)
+                code = 1
+            except BaseException:  # noqa: BLE001 - report, never fall back into the parent's code
+                log.exception("gateway process %d failed", i)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = i
+    stopping = False
+
+    def stop_all(*_):
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    old = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    code = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in children:
+                continue
+            children.pop(pid)
+            rc = os.waitstatus_to_exitcode(status)
+            if rc != 0 and not stopping:
+                log.error("gateway process exited with %d: stopping the others", rc)
+                code = code or (rc if rc > 0 else 1)
+                stop_all()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return code

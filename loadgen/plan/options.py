@@ -53,6 +53,7 @@ class RunPlan:
     gateway_metrics: list[str] = field(default_factory=list)
     criteria: list = field(default_factory=list)
     quiet: bool = False
+    closed_loop: bool = False  # echo, one in flight per connection: latency per round trip (bench/README.md)
 
     @property
     def offered_per_s(self) -> float:
@@ -137,6 +138,11 @@ def build_plan(args) -> RunPlan:
     rate = d["rate"] if args.rate is None else args.rate
     if not 0 <= rate <= 1000:
         raise UsageError(f"--rate must be between 0 and 1000 messages/s per user (got {rate:g})")
+    closed_loop = bool(getattr(args, "closed_loop", False))
+    if closed_loop:
+        if args.rate is not None:
+            raise UsageError("--closed-loop sends the next echo when the reply arrives; it takes no --rate")
+        rate = 0.0  # nothing is offered on a schedule: the gateway's pace sets the rate
 
     size_text = _env(args, "MESSAGE_SIZE", "1024")
     size = _positive_int(size_text, "MESSAGE_SIZE", MAX_MESSAGE_SIZE)
@@ -197,7 +203,7 @@ def build_plan(args) -> RunPlan:
         scenario=args.scenario,
         profile=profile,
         rate=rate,
-        mode=d["mode"],
+        mode="echo" if closed_loop else d["mode"],
         message_size=size,
         endpoints=endpoints,
         token=token,
@@ -215,4 +221,5 @@ def build_plan(args) -> RunPlan:
         criteria=criteria,
         pairing=args.pairing,
         quiet=args.quiet,
+        closed_loop=closed_loop,
     )
