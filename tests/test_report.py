@@ -226,3 +226,18 @@ def test_analysis_is_fast_enough_in_process(known):
     path, _, _ = known
     m = analyze_run(path)
     assert m["summary"]["analysis_seconds"] < 5
+
+
+def test_aborted_run_with_only_run_json(tmp_path):
+    """A cluster test that failed before any load leaves only run.json: the report still says so."""
+    run = tmp_path / "aborted"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"controller_started_at": 1.7e9, "agents": {}, "gateways": {},
+                                              "unreachable": [{"host": "gen-1", "error": "ssh: timed out"}],
+                                              "controller_ended_at": 1.7e9 + 30, "stopped_by": None}))
+    s = build_report(str(run))
+    assert s["status"] == "PARTIAL" and not s["passed"]
+    assert s["agents"] == {} or all(a["state"] != "done" for a in s["agents"].values())
+    assert all(r["passed"] is None for r in s["criteria"])
+    html = open(s["report"]).read()
+    assert "Not collected: no agent produced timeseries rows." in html

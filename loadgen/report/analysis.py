@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import time
 from urllib.parse import urlparse
 
@@ -20,7 +19,6 @@ import pandas as pd
 from loadgen import __version__
 from loadgen.agent.interval import FAIL_REASONS
 from loadgen.agent.runner import print_summary
-from loadgen.gateway.metrics import parse_exposition
 from loadgen.plan import criteria as crit
 from loadgen.report import diagnostics, hosts
 from loadgen.report.hist import Hist, decoder
@@ -426,6 +424,9 @@ def analyze(run: RunData) -> dict:
         agents_out[host] = row
         if state != "done":
             partial.append(f"agent {host}: {state} ({why})")
+    for host, error in unreachable.items():
+        if host not in agents_out:
+            partial.append(f"host {host} unreachable ({error})")
     if not run.agents:
         partial.append("no agent output in agents/")
     elif ts is None:
@@ -562,19 +563,3 @@ def _distribution(nodes: list[dict], agents: dict, gw_source: str) -> dict:
             "node_measure": "mean connections during hold (peak when no hold)", "node_source": gw_source,
             "generators": gen_vals, "generator_imbalance": _imbalance(list(gen_vals.values())),
             "imbalance_warn": IMBALANCE_WARN}
-
-
-_EXPO = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$')
-
-
-def metrics_by_label(text: str, name: str, label: str) -> dict:
-    """{label value: summed value} of one metric family in a /metrics page (e.g. disconnections by reason)."""
-    out: dict = {}
-    for key, value in parse_exposition(text).items():
-        m = _EXPO.match(key)
-        if not m or m.group(1) != name:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        k = labels.get(label, "")
-        out[k] = out.get(k, 0) + value
-    return out

@@ -49,7 +49,7 @@ def charts(m: dict) -> dict:
     if "active_by_node" in s:
         ts.append(_chart("Active connections per gateway node", x, svg.band(s["active_by_node"]), "", spans,
                          f"source: {s['gateway_source']}"))
-    else:
+    elif ts:
         ts.append({"title": "Active connections per gateway node", "svg": Markup(""),
                    "note": "not collected (no probes/samples.csv gateway_active_connections and no gateway_metrics.csv)"})
     if "connects_ok" in s:
