@@ -44,6 +44,7 @@ class Membership:
         self.on_error = on_error  # called with an exception each time an operation fails
         self.lease: str | None = None
         self.nodes: dict[str, dict] = {}  # live members: node id -> info
+        self.departed: set[str] = set()  # listed once, gone since (lease expired or revoked)
         self.last_ok = 0.0  # monotonic time of the last successful listing
         self.up = False
         self._session: aiohttp.ClientSession | None = None
@@ -101,7 +102,9 @@ class Membership:
         if self.lease is None or not await self.keepalive():
             self.lease = None
             await self.join()
-        self.nodes = await self.list_nodes()
+        nodes = await self.list_nodes()
+        self.departed = (self.departed | (self.nodes.keys() - nodes.keys())) - nodes.keys()
+        self.nodes = nodes
         self.last_ok = time.monotonic()
 
     async def run(self) -> None:
@@ -120,8 +123,9 @@ class Membership:
             await asyncio.sleep(self.ttl / 3)
 
     def maybe_alive(self, node: str) -> bool:
-        """Listed in etcd, or etcd has not answered lately (then no node is declared dead)."""
-        return node in self.nodes or time.monotonic() - self.last_ok > self.ttl
+        """False only for a node seen leaving the cluster (a node that joined after our last listing is
+        alive; with etcd unreachable the last listing stands)."""
+        return node not in self.departed
 
     async def leave(self) -> None:
         try:

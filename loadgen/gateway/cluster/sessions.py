@@ -130,7 +130,7 @@ class Registry:
 
     async def run(self, interval_s: float, local_values) -> None:
         """Flush pending claims every interval; after an outage, re-claim every local session."""
-        was_up = True
+        was_up = self.up = True  # until an operation fails
         while True:
             await asyncio.sleep(interval_s)
             if not self.up and was_up:
