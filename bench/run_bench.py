@@ -78,10 +78,11 @@ class Target:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def upgrade_time(self, count: int) -> int | None:
+    def upgrade_at(self, count: int) -> tuple[int, int] | None:
+        """(upgrades, t_ns) of the first progress line at or after `count` upgrades (lines every 100)."""
         for n, t in self.ups:
             if n >= count:
-                return t
+                return n, t
         return None
 
     def open_now(self) -> int:
@@ -259,17 +260,19 @@ def idle(tool: str, a, server_bin: str, tmp: str) -> dict:
             while time.time() < deadline and proc.poll() is None:
                 if target.open_now() >= n:
                     time.sleep(2.0)  # settled: handshakes done, nothing in flight
-                    mem["rss"], mem["pss"] = memory(proc.pid)
-                    mem["open"] = target.open_now()
+                    rss, pss = memory(proc.pid)
+                    if target.open_now() >= n:  # still all open: the sample is of n idle connections
+                        mem["rss"], mem["pss"] = rss, pss
                     return
                 time.sleep(0.05)
 
         t0, rc, so, se, sampler = run_bounded(args, env, hold + 150, on_start=watch)
-        t_first = target.upgrade_time(offset + 100)
-        t_last = target.upgrade_time(offset + n)
-        if t_last is None or "rss" not in mem:
-            return {"error": f"only {target.open_now()} of {n} opened (rc={rc}): {se.strip()[-300:]}"}
-        return {"open_per_s": (n - 100) / ((t_last - t_first) / 1e9), "open_per_s_from_launch": n / ((t_last - t0) / 1e9),
+        first = target.upgrade_at(offset + 100)
+        last = target.upgrade_at(offset + n - 99)  # the progress line of the last hundred
+        if first is None or last is None or "rss" not in mem:
+            return {"error": f"not all {n} opened (rc={rc}; {mem}): {se.strip()[-300:]}"}
+        return {"open_per_s": (last[0] - first[0]) / ((last[1] - first[1]) / 1e9),
+                "open_per_s_from_launch": (last[0] - offset) / ((last[1] - t0) / 1e9),
                 "rss_per_conn": mem["rss"] / n, "pss_per_conn": mem["pss"] / n, "rss_mb": mem["rss"] / 2**20}
     finally:
         target.stop()
@@ -289,7 +292,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="echo,idle,workers")
     ap.add_argument("--conns", type=int, default=10_000)
-    ap.add_argument("--hold", type=int, default=12, help="seconds the idle connections are held")
+    ap.add_argument("--hold", type=int, default=25,
+                    help="seconds the idle connections are held (from the start: must outlast the opening)")
     ap.add_argument("--echo-conns", type=int, default=100)
     ap.add_argument("--echo-seconds", type=int, default=15)
     ap.add_argument("--size", type=int, default=1024)

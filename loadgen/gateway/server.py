@@ -51,6 +51,7 @@ class Gateway:
         self.router = router or LocalRouter()
         self.metrics = GatewayMetrics(node_id)
         self.paused: dict[GatewaySession, float] = {}  # sessions whose peer stopped reading, since when
+        self.sessions: set[GatewaySession] = set()  # open sessions, for the half-open sweep
 
     # --- handshake ---------------------------------------------------------------------------------
     def _reject(self, status: int, result: str, reason: str):
@@ -74,18 +75,38 @@ class Gateway:
 
     # --- periodic checks -----------------------------------------------------------------------------
     async def sweep_stalled_writers(self) -> None:
-        """Drop sessions whose peer stopped reading for longer than websocket.write_timeout."""
+        """Every second: drop sessions whose peer stopped reading for longer than websocket.write_timeout,
+        and run the half-open check (sweep_idle)."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            self.sweep_idle(now)
             for session, since in list(self.paused.items()):
                 if now - since > self.config.write_timeout_s:
                     self.paused.pop(session, None)
                     session.abort("write_timeout", WSCloseCode.POLICY_VIOLATION)
 
 
+    def sweep_idle(self, now: float) -> None:
+        """Half-open peers: ping a session idle for read_timeout/2, drop it when the next read_timeout/2
+        brings no frame (a pong counts). One sweep for all sessions instead of picows' auto-ping task per
+        connection (~2 KB each); the same timeouts, to within the one-second sweep."""
+        half = self.config.read_timeout_s / 2
+        for session in list(self.sessions):
+            transport = session.transport
+            if transport is None or transport.is_disconnected or session.closing:
+                continue
+            if session.ping_at:
+                if now - session.ping_at > half:
+                    session.closing = "read_timeout"
+                    transport.disconnect()
+            elif now - session.last_rx > half:
+                session.ping_at = now
+                transport.send_ping()
+
+
 class GatewaySession(WSListener):
-    __slots__ = ("gw", "user", "transport", "guard", "closing")
+    __slots__ = ("gw", "user", "transport", "guard", "closing", "last_rx", "ping_at")
 
     def __init__(self, gw: Gateway, user: str) -> None:
         super().__init__()
@@ -95,11 +116,17 @@ class GatewaySession(WSListener):
         cfg = gw.config
         self.guard = AbuseGuard(cfg.max_frames_per_s, cfg.flood_burst, cfg.max_bad_frames_per_min)
         self.closing = None
+        self.last_rx = time.monotonic()  # last frame from the peer (half-open check)
+        self.ping_at = 0.0  # when the half-open check pinged, 0: no ping outstanding
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.gw.sessions.add(self)
+        # the handshake's headers were read by listener_factory and are not needed again: ~2 KB per session
         if transport.request is not None:
-            transport.request.headers = None  # read by listener_factory already: ~1 KB per idle session
+            transport.request.headers = None
+        if transport.response is not None:
+            transport.response.headers = None
         m = self.gw.metrics
         m.active += 1
         m.count(m.connections, "accepted")
@@ -109,6 +136,7 @@ class GatewaySession(WSListener):
         m = self.gw.metrics
         m.active -= 1
         m.count(m.disconnections, self.closing or "client")
+        self.gw.sessions.discard(self)
         self.gw.paused.pop(self, None)
         self.gw.router.unregister(self)
 
@@ -162,9 +190,11 @@ class GatewaySession(WSListener):
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
             return
-        if kind == WSMsgType.PING or kind == WSMsgType.PONG:
-            return  # picows answers pings itself; pongs reset its idle timer
         now = time.monotonic()
+        self.last_rx = now  # any frame, a pong too, proves the peer alive
+        self.ping_at = 0.0
+        if kind == WSMsgType.PING or kind == WSMsgType.PONG:
+            return  # picows answers pings itself
         if not self.guard.allow_frame(now):
             self.abort("flood", WSCloseCode.POLICY_VIOLATION)
             return
@@ -266,9 +296,7 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
     server = await ws_create_server(
         gw.listener_factory, host, port,
         websocket_handshake_timeout=config.handshake_timeout_s,
-        enable_auto_ping=True,  # half-open peers: ping when idle, drop when no pong
-        auto_ping_idle_timeout=config.read_timeout_s / 2,
-        auto_ping_reply_timeout=config.read_timeout_s / 2,
+        enable_auto_ping=False,  # half-open peers: Gateway.sweep_idle (no task per connection)
         max_frame_size=config.max_message_size * 2,
         read_buffer_init_size=config.read_buffer_size,
         backlog=65535,
