@@ -43,17 +43,18 @@ class RunningGateway:
                 self.proc.wait(5)
 
 
-def start_gateway(tmp_path, config_text: str | None = None, token: str = TOKEN) -> RunningGateway:
+def start_gateway(tmp_path, config_text: str | None = None, token: str = TOKEN, node_id: str = "test-gw",
+                  extra_args=()) -> RunningGateway:
     port, mport = free_port(), free_port()
     args = [sys.executable, "-m", "loadgen", "gateway", "--port", str(port), "--metrics-port", str(mport),
-            "--node-id", "test-gw"]
+            "--node-id", node_id, *extra_args]
     if config_text is not None:
         cfg = tmp_path / f"config-{port}.yaml"
         cfg.write_text(config_text)
         args += ["--config", str(cfg)]
     log = open(tmp_path / f"gateway-{port}.log", "w")
     proc = subprocess.Popen(args, env={**os.environ, "AUTH_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 15
+    deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited: {(tmp_path / f'gateway-{port}.log').read_text()}")

@@ -151,7 +151,7 @@ class Bus:
         try:
             await asyncio.wait_for(producer.send_and_wait(
                 topic, value, key=to_user.encode(), headers=[("k", kind), ("ts", str(origin_ns).encode()), ("pt", str(time.time_ns()).encode())]),
-                self.timeout_s)
+                self.timeout_s * 1.5)  # the producer's own expiry (request_timeout_ms) fails the batch first
         except (KafkaError, asyncio.TimeoutError, OSError) as exc:
             raise KafkaDown(repr(exc)) from exc
         self.produce_seconds.append(time.monotonic() - t0)

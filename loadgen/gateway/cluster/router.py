@@ -22,6 +22,9 @@ from loadgen.gateway.registry import LocalRouter, Session
 
 log = logging.getLogger("loadgen.gateway.cluster")
 REFRESH_S = 1.0  # heartbeat refreshes are flushed to Redis in batches this often
+# A registry miss is asked again after these pauses before the sender hears "unknown_recipient": the
+# owning node registers a user right after the handshake, and a peer may already be sending to them.
+MISS_RETRY_S = (0.05, 0.2)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class ClusterRouter(LocalRouter):
     async def _route(self, to_user: str, frame: bytes, done, arrived_ns: int) -> None:
         try:
             value = await self.registry.lookup(to_user)
+            for delay in MISS_RETRY_S:  # a user who connected a moment ago may not be registered yet
+                if value:
+                    break
+                await asyncio.sleep(delay)
+                value = await self.registry.lookup(to_user)
         except Exception:  # counted as kind=redis by the registry
             self.route_failed += 1
             done(("route_failed", "session registry unavailable"))

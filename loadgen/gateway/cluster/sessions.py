@@ -128,23 +128,24 @@ class Registry:
             self._count("refresh", "ok", owned)
             self._count("refresh", "lost", len(results) - owned)  # owned elsewhere now
 
+    async def _server_id(self) -> str:
+        return (await self._bounded(self.redis.info("server"))).get("run_id", "")
+
     async def run(self, interval_s: float, local_values) -> None:
-        """Flush pending claims every interval; after an outage, re-claim every local session."""
-        was_up = self.up = True  # until an operation fails
+        """Flush pending claims every interval. After an outage, or when Redis restarted meanwhile (its
+        run_id changed: the entries may be gone), re-claim every local session."""
+        run_id = None
         while True:
             await asyncio.sleep(interval_s)
-            if not self.up and was_up:
-                was_up = False
-            if not was_up:
-                try:  # probe before re-claiming everything
-                    await self._bounded(self.redis.ping())
-                    self.up, was_up = True, True
-                    self.pending.update(local_values())
-                    log.info("redis: up again, re-claiming %d sessions", len(self.pending))
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                    self.on_error(exc)
-                    self._count("ping", "error")
-                    continue
+            try:
+                current = await self._server_id()
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                self._failed("probe", exc)
+                continue
+            if not self.up or (run_id is not None and current != run_id):
+                self.pending.update(local_values())
+                log.info("redis: up (server %s), re-claiming %d sessions", current[:8], len(self.pending))
+            self.up, run_id = True, current
             if self.pending:
                 batch, self.pending = self.pending, {}
                 await self.flush(batch)

@@ -1,0 +1,396 @@
+"""Cluster mode on real backends on 127.0.0.1: one redis-server, one etcd, one KRaft Kafka broker.
+
+The services are started from installed binaries by the fixtures (redis-server and etcd from Debian,
+Kafka from the archive the lab assembles from Maven jars, on the installed JDK) and stopped by PID.
+Faults are real: a backend is frozen (SIGSTOP: it hangs, the worst case for a client) or killed and
+restarted on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from conftest import TOKEN, free_port, run_loadgen, start_gateway
+
+KAFKA_ARCHIVES = os.environ.get("LOADGEN_KAFKA_ARCHIVE") or "/var/lib/loadgen-lab/artifacts/kafka_2.13-*.tgz"
+REGISTRY_TTL_S = 4
+CLUSTER_CONFIG = f"""
+cluster:
+  registry_ttl: {REGISTRY_TTL_S}s
+  lease_ttl: 3s
+  backend_timeout: 2s
+"""
+
+
+# --- services ------------------------------------------------------------------------------------
+def wait_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}: {open(log).read()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"not listening on {port} after {timeout}s: {open(log).read()[-2000:]}")
+
+
+class Service:
+    """A backend process started here and stopped by its PID."""
+
+    def __init__(self, name: str, args: list[str], port: int, workdir, env=None) -> None:
+        self.name, self.args, self.port, self.workdir, self.env = name, args, port, workdir, env
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = str(self.workdir / f"{self.name}.log")
+        self.proc = subprocess.Popen(self.args, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(self.env or {})}, start_new_session=True)
+        wait_port(self.port, self.proc, log)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case a test froze it
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def freeze(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+def _need(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} not installed (apt-get install {package})")
+    return path
+
+
+def _kafka_home(base) -> str:
+    archives = sorted(glob.glob(KAFKA_ARCHIVES))
+    if not archives:
+        if shutil.which("mvn") is None:
+            pytest.skip(f"no Kafka archive at {KAFKA_ARCHIVES} and no mvn to build one (python -m loadgen.lab kafka-dist)")
+        from pathlib import Path
+
+        from loadgen.lab.kafka_dist import build_kafka_archive
+
+        archives = [str(build_kafka_archive(Path(os.path.dirname(KAFKA_ARCHIVES))))]
+    with tarfile.open(archives[-1]) as tar:
+        top = tar.getmembers()[0].name.split("/")[0]
+        tar.extractall(base, filter="data")
+    return str(base / top)
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    redis_bin, etcd_bin, java = (_need("redis-server", "redis-server"), _need("etcd", "etcd-server"),
+                                 _need("java", "openjdk-17-jre-headless"))
+    del java
+    base = tmp_path_factory.mktemp("backends")
+    started: list[Service] = []
+    try:
+        rport = free_port()
+        started.append(Service("redis", [redis_bin, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no"], rport, base))
+        eport, epeer = free_port(), free_port()
+        started.append(Service("etcd", [
+            etcd_bin, "--name", "t", "--data-dir", str(base / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{eport}", "--advertise-client-urls", f"http://127.0.0.1:{eport}",
+            "--listen-peer-urls", f"http://127.0.0.1:{epeer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{epeer}",
+            "--initial-cluster", f"t=http://127.0.0.1:{epeer}"], eport, base))
+        home = _kafka_home(base)
+        kport, cport = free_port(), free_port()
+        props = base / "server.properties"
+        props.write_text("\n".join([
+            "process.roles=broker,controller", "node.id=1", f"controller.quorum.voters=1@127.0.0.1:{cport}",
+            f"listeners=PLAINTEXT://127.0.0.1:{kport},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{kport}", "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT", f"log.dirs={base}/kafka-data",
+            "offsets.topic.replication.factor=1", "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1", "auto.create.topics.enable=false", ""]))
+        kenv = {"KAFKA_HEAP_OPTS": "-Xms128m -Xmx320m"}
+        subprocess.run([f"{home}/bin/kafka-storage.sh", "format", "-t", base64.urlsafe_b64encode(os.urandom(16))
+                        .decode()[:22], "-c", str(props)], check=True, capture_output=True, env={**os.environ, **kenv},
+                       timeout=120)
+        started.append(Service("kafka", [f"{home}/bin/kafka-server-start.sh", str(props)], kport, base, env=kenv))
+        yield {"redis": started[0], "etcd": started[1], "kafka": started[2],
+               "args": ["--etcd", f"http://127.0.0.1:{eport}", "--redis", f"redis://127.0.0.1:{rport}/0",
+                        "--kafka", f"127.0.0.1:{kport}"]}
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+
+
+@pytest.fixture
+def pair(backends, tmp_path):
+    """Two cluster-mode gateway nodes on the same backends."""
+    gws = [start_gateway(tmp_path, CLUSTER_CONFIG, node_id=name, extra_args=backends["args"])
+           for name in ("gw-a", "gw-b")]
+    try:
+        wait_for(lambda: all(metric(g, "im_gateway_cluster_nodes") >= 2 for g in gws), 10, "both nodes in etcd")
+        yield gws
+    finally:
+        for g in gws:
+            g.stop()
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def metric(gw, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in gw.metrics().splitlines()
+               if line.startswith(prefix) and not line.startswith("#"))
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def redis_cli(backends, *args) -> str:
+    return subprocess.run(["redis-cli", "-p", str(backends["redis"].port), *args], capture_output=True, text=True,
+                          timeout=10).stdout.strip()
+
+
+def etcd_nodes(backends) -> list[str]:
+    prefix = "/loadgen/gateways/"
+    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                       "range_end": base64.b64encode(prefix[:-1].encode() + b"0").decode(), "keys_only": True})
+    req = urllib.request.Request(f"http://127.0.0.1:{backends['etcd'].port}/v3/kv/range", data=body.encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        kvs = json.loads(r.read()).get("kvs", [])
+    return sorted(base64.b64decode(kv["key"]).decode()[len(prefix):] for kv in kvs)
+
+
+def ws(gw, user):
+    return connect(f"ws://127.0.0.1:{gw.port}/ws?user={user}", additional_headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def recv(sock, timeout=10):
+    """The next frame that is not a pong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(await asyncio.wait_for(sock.recv(), max(0.01, deadline - time.monotonic())))
+        if frame["type"] != "pong":
+            return frame
+
+
+async def heartbeats(*socks, every=1.0):
+    """Application pings, as a client does: they keep the registry entries (TTL 4 s here) alive."""
+    while True:
+        for sock in socks:
+            await sock.send(json.dumps({"type": "ping", "ts": 0}))
+        await asyncio.sleep(every)
+
+
+async def send(sock, to, msg_id, body="hi"):
+    await sock.send(json.dumps({"type": "send", "to": to, "id": msg_id, "ts": 1.5, "body": body}))
+
+
+# --- tests ---------------------------------------------------------------------------------------
+def test_cross_node_message_goes_through_kafka_same_node_stays_local(backends, pair):
+    a, b = pair
+
+    async def go():
+        async with ws(a, "alice") as alice, ws(b, "bob") as bob, ws(a, "carol") as carol:
+            wait_for(lambda: redis_cli(backends, "GET", "im:session:bob").startswith("gw-b#"), 5, "bob registered")
+            await send(alice, "bob", "x-1", "über")
+            got, ack = await recv(bob), await recv(alice)
+            await send(alice, "carol", "l-1")
+            local, ack2 = await recv(carol), await recv(alice)
+            await send(bob, "alice", 7)
+            back, ack3 = await recv(alice), await recv(bob)
+            return got, ack, local, ack2, back, ack3
+
+    got, ack, local, ack2, back, ack3 = asyncio.run(go())
+    assert got == {"type": "msg", "from": "alice", "id": "x-1", "ts": 1.5, "body": "über"}
+    assert ack == {"type": "ack", "id": "x-1"} and ack2 == {"type": "ack", "id": "l-1"} and ack3["id"] == 7
+    assert local["from"] == "alice" and back["from"] == "bob"
+    assert metric(a, "im_gateway_forwarded_total") == 1 and metric(b, "im_gateway_forwarded_total") == 1
+    assert metric(a, 'im_gateway_deliveries_total{node="gw-a",route="local"}') == 1
+    assert metric(a, 'im_gateway_deliveries_total{node="gw-a",route="remote"}') == 1
+    assert metric(b, 'im_gateway_deliveries_total{node="gw-b",route="remote"}') == 1
+    assert metric(a, "im_gateway_kafka_produce_latency_seconds_count") == 1
+    assert metric(b, "im_gateway_route_latency_seconds_count") == 1
+    assert metric(a, 'im_gateway_registry_lookups_total{node="gw-a",result="hit"}') == 1
+    assert metric(a, 'im_gateway_kafka_topic_replication_factor') == 1  # min(3, one broker)
+    assert etcd_nodes(backends) == ["gw-a", "gw-b"]
+    # disconnect removes the entries at once (delete-if-owner)
+    wait_for(lambda: redis_cli(backends, "EXISTS", "im:session:bob", "im:session:alice") == "0", 5,
+             "entries deleted on disconnect")
+
+
+def test_unknown_user_and_reconnect_elsewhere_replaces_the_older_session(backends, pair):
+    a, b = pair
+
+    async def go():
+        async with ws(a, "dave") as dave:
+            await send(dave, "nobody", 1)
+            err = await recv(dave)
+            async with ws(a, "erin") as erin_a:
+                async with ws(b, "erin") as erin_b:  # erin moves to gw-b: gw-a must drop its session
+                    try:
+                        await asyncio.wait_for(erin_a.recv(), 10)
+                    except ConnectionClosed as exc:
+                        closed = exc.rcvd.code if exc.rcvd else None
+                    await send(dave, "erin", 2)
+                    got = await recv(erin_b)
+                    return err, closed, got, redis_cli(backends, "GET", "im:session:erin")
+
+    err, closed, got, owner = asyncio.run(go())
+    assert err["type"] == "error" and err["code"] == "unknown_recipient" and err["id"] == 1
+    assert closed == 4000  # "replaced", as on a single node
+    assert got["from"] == "dave" and owner.startswith("gw-b#")
+
+
+def test_entries_expire_within_ttl_when_a_node_dies_and_heartbeats_keep_them(backends, pair):
+    a, b = pair
+
+    async def go():
+        async with ws(a, "frank") as frank, ws(b, "gina") as gina:
+            wait_for(lambda: redis_cli(backends, "EXISTS", "im:session:frank", "im:session:gina") == "2", 5, "both")
+            # frank pings (heartbeat): his entry outlives the TTL; gina's node is killed without a goodbye
+            b.stop(signal.SIGKILL)
+            t0 = time.time()
+            expired_after = None
+            while time.time() - t0 < 2 * REGISTRY_TTL_S:  # frank's entry outlives the TTL by his pings
+                await frank.send(json.dumps({"type": "ping", "ts": 1}))
+                assert json.loads(await asyncio.wait_for(frank.recv(), 10))["type"] == "pong"
+                if expired_after is None and redis_cli(backends, "EXISTS", "im:session:gina") == "0":
+                    expired_after = time.time() - t0
+                await asyncio.sleep(0.5)
+            frank_kept = redis_cli(backends, "EXISTS", "im:session:frank")
+            await send(frank, "gina", 3)
+            return expired_after, frank_kept, await recv(frank)
+
+    expired_after, frank_kept, err = asyncio.run(go())
+    assert expired_after is not None and expired_after <= REGISTRY_TTL_S + 1.5
+    assert frank_kept == "1"
+    assert err["code"] == "unknown_recipient"  # the other node keeps serving and knows gina is gone
+    wait_for(lambda: etcd_nodes(backends) == ["gw-a"], 8, "gw-b's lease to expire in etcd")
+
+
+@pytest.mark.parametrize("backend, kind", [("redis", "redis"), ("kafka", "kafka"), ("etcd", "etcd")])
+def test_a_hung_backend_costs_only_cross_node_traffic_and_recovers(backends, pair, backend, kind):
+    a, b = pair
+    svc = backends[backend]
+
+    async def go():
+        async with ws(a, "hank") as hank, ws(a, "iris") as iris, ws(b, "jack") as jack:
+            wait_for(lambda: redis_cli(backends, "EXISTS", "im:session:jack") == "1", 5, "jack registered")
+            pings = asyncio.create_task(heartbeats(hank, iris, jack))
+            svc.freeze()
+            try:
+                t0 = time.time()
+                await send(hank, "iris", "local-1")  # same node: unaffected
+                local = await recv(iris)
+                await recv(hank)
+                local_s = time.time() - t0
+                await send(hank, "jack", "cross-1")
+                cross = await recv(hank, timeout=15)  # an error frame (redis/kafka) or the ack (etcd)
+                await asyncio.sleep(3.5)  # etcd: a keepalive (every lease_ttl/3) times out meanwhile
+            finally:
+                svc.thaw()
+            wait_for(lambda: metric(a, f'im_gateway_backend_up{{node="gw-a",backend="{backend}"}}') == 1, 20,
+                     f"{backend} up again")
+            wait_for(lambda: all(metric(g, "im_gateway_cluster_nodes") == 2 for g in pair), 10, "both nodes listed")
+            await send(hank, "jack", "cross-2")
+            after = await recv(jack, timeout=15)
+            if after["id"] == "cross-1":  # a produce that timed out at the client may still land (at least once)
+                after = await recv(jack, timeout=15)
+            pings.cancel()
+            return local, local_s, cross, after
+
+    local, local_s, cross, after = asyncio.run(go())
+    assert local["id"] == "local-1" and local_s < 1.0
+    if backend == "etcd":
+        assert cross == {"type": "ack", "id": "cross-1"}  # membership is not on the message path
+    else:
+        assert cross["type"] == "error" and cross["code"] == "route_failed" and cross["id"] == "cross-1"
+        assert metric(a, 'im_gateway_errors_total{node="gw-a",kind="route_failed"}') >= 1
+    assert metric(a, f'im_gateway_errors_total{{node="gw-a",kind="{kind}"}}') >= 1
+    assert after["id"] == "cross-2"
+    assert a.proc.poll() is None and b.proc.poll() is None
+
+
+def test_registry_entries_come_back_after_redis_restarts_empty(backends, pair):
+    a, b = pair
+    svc = backends["redis"]
+
+    async def go():
+        async with ws(a, "kim") as kim, ws(b, "leo") as leo:
+            wait_for(lambda: redis_cli(backends, "EXISTS", "im:session:leo") == "1", 5, "leo registered")
+            pings = asyncio.create_task(heartbeats(kim, leo))
+            svc.stop()  # everything in Redis is lost
+            await send(kim, "leo", "during")
+            during = await recv(kim)
+            svc.start()
+            wait_for(lambda: redis_cli(backends, "EXISTS", "im:session:leo", "im:session:kim") == "2", 15,
+                     "entries re-claimed")
+            await send(kim, "leo", "after")
+            after = await recv(leo)
+            pings.cancel()
+            return during, after
+
+    during, after = asyncio.run(go())
+    assert during["code"] == "route_failed"
+    assert after["id"] == "after"
+    assert metric(a, 'im_gateway_registry_operations_total{node="gw-a",op="lookup",result="error"}') >= 1
+
+
+def test_agent_cross_node_pairing_every_message_crosses_nodes(backends, pair, tmp_path):
+    a, b = pair
+    out = tmp_path / "run"
+    r = run_loadgen("run", "cluster", "--vus", "100", "--rate", "2", "--duration", "8s", "--workers", "1",
+                    "--gateways", f"127.0.0.1:{a.port},127.0.0.1:{b.port}", "--pairing", "cross-node",
+                    "--heartbeat-interval", "1s", "--out", str(out), "--quiet", timeout=120)
+    summary = json.loads((out / "summary.json").read_text())
+    msgs = summary["messages"]
+    assert msgs["sent"] > 800, (r.stdout, r.stderr)
+    assert msgs["received"] + msgs["errors"] == msgs["sent"]
+    assert msgs["errors"] <= msgs["sent"] * 0.01
+    forwarded = metric(a, "im_gateway_forwarded_total") + metric(b, "im_gateway_forwarded_total")
+    remote = metric(a, "im_gateway_deliveries_total") + metric(b, "im_gateway_deliveries_total")
+    assert metric(a, 'im_gateway_deliveries_total{node="gw-a",route="local"}') == 0
+    assert metric(b, 'im_gateway_deliveries_total{node="gw-b",route="local"}') == 0
+    assert remote == msgs["received"] and forwarded >= msgs["received"]
+    print(f"\ncross-node latency: p50 {summary['latency_ms']['p50']:.1f} ms, p99 {summary['latency_ms']['p99']:.1f} ms "
+          f"over {msgs['received']} messages", file=sys.stderr)
+
+
+def test_cluster_flags_are_all_or_nothing(tmp_path):
+    r = run_loadgen("gateway", "--etcd", "http://127.0.0.1:1", "--port", str(free_port()), timeout=30)
+    assert r.returncode == 2
+    assert "missing --redis, --kafka" in r.stderr and "Traceback" not in r.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster:\n  registry_ttl: soon\n")
+    r = run_loadgen("gateway", "--config", str(cfg), timeout=30)
+    assert r.returncode == 2 and "cluster.registry_ttl" in r.stderr
