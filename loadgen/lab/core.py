@@ -380,7 +380,7 @@ kafka_heap_opts: "-Xms128m -Xmx320m"
 etcd_quota_backend_bytes: 268435456
 
 # Wheels for the hosts' --no-index installs are built on this controller.
-loadgen_wheelhouse: {_yaml_str(art['wheelhouse'])}
+loadgen_agent_wheelhouse: {_yaml_str(art['wheelhouse'])}
 
 # Container network namespaces refuse (read-only) or lack these keys: kernel_tuning and
 # verify.yml report each of them as "host refused" on every run instead of failing.
