@@ -90,6 +90,10 @@ def _plan_defaults(inv, opts: Options) -> Options:
     return opts
 
 
+def _truthy(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "yes", "1", "on")
+
+
 def _token(inv, opts: Options, managed: bool) -> str:
     if opts.token_file:
         from loadgen.plan.options import read_token_file
@@ -127,6 +131,13 @@ class ClusterTest:
             stage_texts=opts.stages or None, connections=opts.connections, duration=opts.duration, rate=opts.rate,
             message_size=opts.message_size, min_generators=opts.min_generators, criteria=opts.criteria)
         self.managed = [g for g in self.gateways if inv.hostvars[g].get("gateway_managed_by", "systemd") == "fab"]
+        # gateway_cluster: the gateways route between nodes (etcd + Redis + Kafka), so agents pair every
+        # sender with a recipient on another node and the latency measured is cross-node routing latency
+        self.cluster_mode = any(_truthy(inv.hostvars[g].get("gateway_cluster")) for g in self.gateways)
+        for g in self.managed:
+            missing = [k for k in ("gateway_etcd", "gateway_redis", "gateway_kafka") if not inv.hostvars[g].get(k)]
+            if _truthy(inv.hostvars[g].get("gateway_cluster")) and missing:
+                raise UsageError(f"gateway {g}: gateway_cluster needs {', '.join(missing)} in the inventory")
         self.token = _token(inv, opts, bool(self.managed) and len(self.managed) == len(self.gateways))
         self.run_dir = os.path.join(opts.reports_dir, self.plan.run_id)
         self.hosts: dict[str, Host] = {}
@@ -180,11 +191,18 @@ class ClusterTest:
             port, mport = int(v.get("gateway_port", 8080)), int(v.get("gateway_metrics_port", 9090))
             host.put_secret(self.token, f"{wd}/token")
             extra = f" --config {shlex.quote(v['gateway_config'])}" if v.get("gateway_config") else ""
+            before = "touch heartbeat"
+            if _truthy(v.get("gateway_cluster")):
+                extra += "".join(f" --{flag} {shlex.quote(str(v[key]))}" for flag, key in
+                                 (("etcd", "gateway_etcd"), ("redis", "gateway_redis"), ("kafka", "gateway_kafka")))
+                if v.get("redis_password"):  # by environment from a mode-600 file, never on a command line
+                    host.put_secret(str(v["redis_password"]), f"{wd}/redis_password")
+                    before += " && export REDIS_PASSWORD=\"$(cat redis_password)\""
             cmd = detached(wd, f"{loadgen_command(host)} gateway --host {addr} --port {port} "
                            f"--metrics-host {v.get('gateway_metrics_host', '127.0.0.1')} --metrics-port {mport} "
                            f"--node-id {shlex.quote(name)} --token-file token --heartbeat-file heartbeat "
                            f"--deadman-timeout {shlex.quote(self.opts.deadman)}{extra}", "gateway",
-                           before="touch heartbeat")
+                           before=before)
             r = host.run(cmd, timeout=30)
             if not r.ok:
                 raise LoadgenError(f"gateway on {name} did not start: {r.stderr.strip()[:200]}")
@@ -257,6 +275,8 @@ class ClusterTest:
                 args.append(f"--local-ips {shlex.quote(str(v['loadgen_local_ips']))}")
             if v.get("loadgen_workers"):
                 args.append(f"--workers {shlex.quote(str(v['loadgen_workers']))}")
+            if self.cluster_mode and len(self.plan.endpoints) > 1:
+                args.append("--pairing cross-node")
             args += [f"--criterion {shlex.quote(c)}" for c in self.plan.criteria]
             cmd = detached(wd, " ".join(args), "agent", before="touch heartbeat")
             return host.run(cmd, timeout=30)
