@@ -9,6 +9,7 @@ const SIZE = parseInt(__ENV.SIZE || '1024');
 const rtt = new Trend('echo_rtt', true);  // every round trip, as the agent records every one
 
 export const options = {
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
   scenarios: { echo: { executor: 'per-vu-iterations', vus: VUS, iterations: 1, maxDuration: `${SECONDS + 60}s` } },
 };
 

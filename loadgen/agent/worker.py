@@ -16,6 +16,7 @@ import os
 import random
 import re
 import signal
+import socket
 import time
 
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
@@ -32,6 +33,30 @@ TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
 # adapter (picows creates a child Logger per connection when handed a logging.Logger).
 READ_BUFFER_INIT = 2048
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.client"), {})
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
+
+
+def source_socket(ip: str):
+    """A picows socket_factory: an unconnected socket bound to source address `ip`.
+
+    IP_BIND_ADDRESS_NO_PORT defers the port to connect(), which picks it per destination (4-tuple). A
+    plain bind(ip, 0) picks a port unique per source address at bind time, scanning the range under a
+    lock: measured, it stalls opening at ~30K connections over 4 addresses (kernel time), and caps a
+    source address at one port range for all gateway endpoints together.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+    def factory(_url):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((ip, 0))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return factory
 TICK_S = 0.05  # control loop granularity; sends use their own scheduled times regardless
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 CLOSE_WAIT_S = 2.0  # a planned close waits this long for the gateway's close reply
@@ -231,7 +256,7 @@ class Worker:
             transport, conn = await asyncio.wait_for(
                 ws_connect(lambda _request=None, _response=None: cls(self, slot), self.url(slot), extra_headers=self.headers,
                            websocket_handshake_timeout=self.plan.connect_timeout_s,
-                           local_addr=(ip, 0) if ip else None, logger_name=PICOWS_LOG,
+                           socket_factory=source_socket(ip) if ip else None, logger_name=PICOWS_LOG,
                            read_buffer_init_size=READ_BUFFER_INIT, use_aiofastnet=False),
                 self.plan.connect_timeout_s)
         except Exception as exc:  # every failure is a measured outcome, never a crash
