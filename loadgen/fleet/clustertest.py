@@ -133,7 +133,11 @@ class ClusterTest:
         self.managed = [g for g in self.gateways if inv.hostvars[g].get("gateway_managed_by", "systemd") == "fab"]
         # gateway_cluster: the gateways route between nodes (etcd + Redis + Kafka), so agents pair every
         # sender with a recipient on another node and the latency measured is cross-node routing latency
-        self.cluster_mode = any(_truthy(inv.hostvars[g].get("gateway_cluster")) for g in self.gateways)
+        # (not set: on for Ansible-deployed gateways when the inventory has etcd, kafka and redis hosts, as
+        # the im_gateway role's im_gateway_cluster default)
+        infra = all(inv.group(g) for g in ("etcd", "kafka", "redis"))
+        self.cluster_mode = any(_truthy(inv.hostvars[g]["gateway_cluster"]) if "gateway_cluster" in inv.hostvars[g]
+                                else infra and g not in self.managed for g in self.gateways)
         for g in self.managed:
             missing = [k for k in ("gateway_etcd", "gateway_redis", "gateway_kafka") if not inv.hostvars[g].get(k)]
             if _truthy(inv.hostvars[g].get("gateway_cluster")) and missing:
