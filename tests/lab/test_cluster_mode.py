@@ -1,0 +1,285 @@
+"""Gateway cluster mode in the lab: 2 gateway nodes on two hosts, 3-node etcd, 3 Kafka brokers, Redis primary +
+2 replicas (the roles), driven by `fab cluster-test -i inventory/lab` from the generators.
+
+Reuses a lab that is up and deployed (site.yml); otherwise builds one (lab_up + site.yml, 10-20 minutes) and
+tears it down at the end. For the fault tests the gateways get short TTLs (registry 10 s, lease 5 s) through
+im_gateway_config_overrides; the lab's configuration is restored afterwards.
+
+Run: pytest -m lab tests/lab/test_cluster_mode.py -v
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loadgen.lab import LabConfig, lab_down, lab_up
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAYS = {"gw1": "10.213.1.14", "gw2": "10.213.1.15"}  # loadgen.lab's fixed addresses
+REGISTRY_TTL_S, LEASE_TTL_S = 10, 5
+SHORT_TTLS = {"im_gateway_config_overrides": {"cluster": {"registry_ttl": f"{REGISTRY_TTL_S}s",
+                                                          "lease_ttl": f"{LEASE_TTL_S}s"}}}
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    assert found, f"{name} not found"
+    return found
+
+
+def run(*args: str, timeout: float = 1200, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tail(r: subprocess.CompletedProcess, n: int = 60) -> str:
+    return "\n".join((r.stdout + r.stderr).splitlines()[-n:])
+
+
+def playbook(cfg: LabConfig, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return run(_tool("ansible-playbook"), "-i", str(cfg.inventory_dir), f"playbooks/{name}", *extra)
+
+
+def ssh(cfg: LabConfig, host: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-F", str(cfg.inventory_dir / ".ssh" / "ssh_config"), host, command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def secrets(cfg: LabConfig) -> dict:
+    return yaml.safe_load((cfg.inventory_dir / "group_vars" / "all" / "secrets.yml").read_text())
+
+
+def metrics(gw: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{GATEWAYS[gw]}:9090/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+            if ln and not ln.startswith("#")}
+
+
+def metric(gw: str, prefix: str) -> float:
+    try:
+        return sum(v for k, v in metrics(gw).items() if k.startswith(prefix))
+    except OSError:
+        return -1.0
+
+
+def wait_for(cond, timeout: float, what: str) -> float:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return time.time() - t0
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def redis_cli(cfg: LabConfig, *args: str) -> str:
+    pw = secrets(cfg)["redis_password"]
+    r = ssh(cfg, "infra1", f"REDISCLI_AUTH={pw} redis-cli -h 10.213.1.11 {' '.join(args)}")
+    return r.stdout.strip()
+
+
+def etcd_nodes(cfg: LabConfig) -> list[str]:
+    r = ssh(cfg, "infra1", "ETCDCTL_API=3 etcdctl --endpoints=http://10.213.1.11:2379 get --prefix "
+                           "/loadgen/gateways/ --keys-only")
+    return sorted(k[len("/loadgen/gateways/"):] for k in r.stdout.split())
+
+
+def fab_cluster_test(cfg: LabConfig, reports: Path, stages: list[str], rate: float = 2.0, **popen):
+    token = secrets(cfg)["im_gateway_auth_token"]
+    args = [_tool("fab"), "-r", str(REPO), "cluster-test", "-i", str(cfg.inventory_dir), "--scenario", "cluster",
+            "--reports-dir", str(reports), "--rate", str(rate), "--probe-interval", "2"]
+    for s in stages:
+        args += ["--stage", s]
+    env = {**os.environ, "AUTH_TOKEN": token}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def only_run(reports: Path) -> Path:
+    runs = [d for d in reports.iterdir() if d.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def agent_messages(run_dir: Path) -> dict:
+    total: dict[str, float] = {}
+    for s in run_dir.glob("agents/*/summary.json"):
+        for k, v in json.loads(s.read_text())["messages"].items():
+            if isinstance(v, (int, float)) and k not in ("success_rate", "throughput_per_s"):
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def _deployed(cfg: LabConfig) -> bool:
+    if not (cfg.inventory_dir / "hosts.ini").exists():
+        return False
+    r = ssh(cfg, "gw1", "grep -q '^cluster:' /etc/im-gateway/config.yaml && systemctl is-active im-gateway", 30)
+    return r.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def lab():
+    cfg = LabConfig()
+    owned = not _deployed(cfg)
+    if owned:
+        lab_down(cfg)
+        lab_up(7, cfg)
+        r = playbook(cfg, "site.yml")
+        assert r.returncode == 0, tail(r)
+    r = playbook(cfg, "deploy.yml", "--limit", "gateways", "-e", json.dumps(SHORT_TTLS))
+    assert r.returncode == 0, tail(r)
+    wait_for(lambda: all(metric(g, "im_gateway_cluster_nodes") == 2 for g in GATEWAYS), 60, "both nodes in etcd")
+    yield cfg
+    for gw in GATEWAYS:
+        ssh(cfg, gw, "systemctl start im-gateway")
+    for infra in ("infra1", "infra2", "infra3"):
+        ssh(cfg, infra, "systemctl start kafka")
+    if owned:
+        lab_down(cfg)
+    else:
+        r = playbook(cfg, "deploy.yml", "--limit", "gateways")  # the lab's own TTLs again
+        assert r.returncode == 0, tail(r)
+
+
+@pytest.mark.timeout(300)
+def test_both_nodes_in_etcd_and_topics_with_replication_factor_3(lab):
+    assert etcd_nodes(lab) == ["gw1", "gw2"]
+    for gw in GATEWAYS:
+        r = ssh(lab, "infra1", f"kafka-topics --bootstrap-server 10.213.1.11:9092 --describe --topic im-gateway.node.{gw}")
+        assert r.returncode == 0, r.stderr
+        assert "ReplicationFactor: 3" in r.stdout, r.stdout
+        assert metric(gw, "im_gateway_kafka_topic_replication_factor") == 3
+        assert metric(gw, 'im_gateway_backend_up{node="%s",backend="kafka"}' % gw) == 1
+
+
+@pytest.mark.timeout(900)
+def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, tmp_path):
+    before = {gw: metrics(gw) for gw in GATEWAYS}
+    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "25s:400", "3s:0"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    run_dir = only_run(tmp_path / "reports")
+    msgs = agent_messages(run_dir)
+    assert msgs["sent"] > 15_000 and msgs["received"] + msgs["errors"] == msgs["sent"], msgs
+    delta = {}
+    for gw in GATEWAYS:
+        after = metrics(gw)
+        delta[gw] = {k: after.get(k, 0) - before[gw].get(k, 0) for k in after if k.startswith("im_gateway_")}
+    local = sum(d[f'im_gateway_deliveries_total{{node="{gw}",route="local"}}'] for gw, d in delta.items())
+    remote = sum(d[f'im_gateway_deliveries_total{{node="{gw}",route="remote"}}'] for gw, d in delta.items())
+    assert local == 0 and remote == msgs["received"], delta  # every message went through Kafka
+    # after the run the users are gone: their registry entries were deleted on disconnect
+    assert redis_cli(lab, "--scan", "--pattern", "'im:session:gen*'") == ""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print("\nlab cross-node latency ms:", json.dumps(summary.get("latency_ms")), file=sys.stderr)
+    from loadgen.agent.pairs import pair_summary
+
+    pairs = pair_summary(str(run_dir))
+    if pairs:  # the agent writes pairs.csv once the worker records per-pair latency
+        assert {(p["src_gateway"], p["dst_gateway"]) for p in pairs} == {("gw1", "gw2"), ("gw2", "gw1")}
+        print("per node pair:", json.dumps(pairs), file=sys.stderr)
+
+
+@pytest.mark.timeout(900)
+def test_a_kafka_broker_stopped_mid_run_routing_continues(lab, tmp_path):
+    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "40s:400", "3s:0"])
+    stopped_at = None
+    try:
+        time.sleep(20)  # fab's start lead + ramp + some hold
+        r = ssh(lab, "infra2", "systemctl stop kafka")
+        assert r.returncode == 0, r.stderr
+        stopped_at = time.time()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        ssh(lab, "infra2", "systemctl start kafka")
+        if proc.poll() is None:
+            proc.terminate()
+    run_dir = only_run(tmp_path / "reports")
+    msgs = agent_messages(run_dir)
+    assert msgs["received"] + msgs["errors"] == msgs["sent"], msgs  # nothing lost silently
+    assert msgs["errors"] <= 0.05 * msgs["sent"], msgs
+    # messages kept arriving after the broker went away (RF 3, min.insync.replicas 2)
+    received_after = 0
+    for ts_csv in run_dir.glob("agents/*/timeseries.csv"):
+        with open(ts_csv, newline="") as f:
+            received_after += sum(int(row["msgs_received"]) for row in csv.DictReader(f)
+                                  if float(row["ts"]) > stopped_at + 5)
+    assert received_after > 5_000, received_after
+    errors = {gw: {k: v for k, v in metrics(gw).items() if k.startswith("im_gateway_errors_total")} for gw in GATEWAYS}
+    print("\ngateway errors after the broker stop:", json.dumps(errors), file=sys.stderr)
+    wait_for(lambda: "ReplicationFactor: 3" in ssh(lab, "infra1", "kafka-topics --bootstrap-server 10.213.1.11:9092 "
+                                                   "--describe --topic im-gateway.node.gw1").stdout, 120, "kafka back")
+
+
+@pytest.mark.timeout(600)
+def test_a_stopped_gateway_node_entries_expire_and_the_other_node_serves(lab):
+    from websockets.asyncio.client import connect
+
+    token = secrets(lab)["im_gateway_auth_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def url(gw, user):
+        return f"ws://{GATEWAYS[gw]}:8080/ws?user={user}"
+
+    async def recv(ws):
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if frame["type"] != "pong":
+                return frame
+
+    async def go():
+        async with connect(url("gw1", "lab-a1"), additional_headers=headers) as a1, \
+                connect(url("gw1", "lab-a2"), additional_headers=headers) as a2, \
+                connect(url("gw2", "lab-b1"), additional_headers=headers) as b1:
+            wait_for(lambda: redis_cli(lab, "EXISTS", "im:session:lab-b1") == "1", 10, "lab-b1 registered")
+            await a1.send(json.dumps({"type": "send", "to": "lab-b1", "id": 1, "ts": 1, "body": "x"}))
+            crossed = await recv(b1)
+            # gw2 dies without a goodbye (SIGKILL; systemd's restart cancelled)
+            r = ssh(lab, "gw2", "systemctl kill -s KILL im-gateway; systemctl stop im-gateway")
+            assert r.returncode == 0, r.stderr
+            t0 = time.time()
+            gone_after = None
+            while time.time() - t0 < REGISTRY_TTL_S + 10:
+                await a1.send(json.dumps({"type": "ping", "ts": 0}))  # a1 and a2 keep their entries alive
+                await a2.send(json.dumps({"type": "ping", "ts": 0}))
+                if gone_after is None and redis_cli(lab, "EXISTS", "im:session:lab-b1") == "0":
+                    gone_after = time.time() - t0
+                    break
+                await asyncio.sleep(1)
+            await a1.send(json.dumps({"type": "send", "to": "lab-a2", "id": 2, "ts": 2, "body": "local"}))
+            local = await recv(a2)
+            await a1.send(json.dumps({"type": "send", "to": "lab-b1", "id": 3, "ts": 3, "body": "gone"}))
+            err = await recv(a1)
+            while err.get("id") != 3:
+                err = await recv(a1)
+            return crossed, gone_after, local, err
+
+    try:
+        crossed, gone_after, local, err = asyncio.run(go())
+        assert crossed["from"] == "lab-a1"
+        assert gone_after is not None and gone_after <= REGISTRY_TTL_S + 3, gone_after
+        assert local["body"] == "local"  # the other node keeps serving
+        assert err["type"] == "error" and err["code"] == "unknown_recipient"
+        wait_for(lambda: etcd_nodes(lab) == ["gw1"], LEASE_TTL_S + 10, "gw2's lease to expire")
+        assert metric("gw1", "im_gateway_cluster_nodes") in (1.0, 2.0)
+    finally:
+        ssh(lab, "gw2", "systemctl start im-gateway")
+    wait_for(lambda: all(metric(g, "im_gateway_cluster_nodes") == 2 for g in GATEWAYS), 60, "gw2 back in the cluster")
