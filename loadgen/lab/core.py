@@ -490,18 +490,44 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
     return state
 
 
-def _stop_container(cfg: LabConfig, name: str) -> None:
+def _cgroup_pids(cfg: LabConfig, name: str) -> set[int]:
+    pids: set[int] = set()
+    for d in _cgroup_dirs(cfg, name):
+        for procs in d.rglob("cgroup.procs"):
+            try:
+                pids |= {int(p) for p in procs.read_text().split()}
+            except OSError:
+                pass
+    return pids
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+        time.sleep(0.1)
+    return {p for p in pids if Path(f"/proc/{p}").exists()}
+
+
+def _stop_container(cfg: LabConfig, name: str, grace: float = 15.0) -> None:
+    """Halt one host: orderly first (nspawn forwards SIGTERM as a poweroff to the container's
+    systemd), then SIGKILL whatever is left in the container's own cgroup (a Kafka broker that
+    lost its quorum can block an orderly stop for minutes)."""
     pidfile = cfg.lab_dir / "logs" / f"{name}.pid"
     pid = _pid_alive(pidfile, "systemd-nspawn")
     if pid:
-        os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd for an orderly halt
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
-            while Path(f"/proc/{pid}").exists():
-                time.sleep(0.1)
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone({pid}, grace)
+    for _ in range(50):
+        left = _cgroup_pids(cfg, name) | ({pid} if pid and Path(f"/proc/{pid}").exists() else set())
+        if not left:
+            break
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(left, 5.0)
     pidfile.unlink(missing_ok=True)
     merged = cfg.lab_dir / "ct" / name / "merged"
     if os.path.ismount(merged):
