@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
 from loadgen.fleet import probes
+from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
 from loadgen.fleet.preflight import check_fleet
@@ -148,6 +149,7 @@ class ClusterTest:
         self.agent_state: dict[str, str] = {}
         self.facts: dict = {"controller_started_at": time.time(), "agents": {}, "gateways": {}, "unreachable": []}
         self.samples = None
+        self.heartbeat: Heartbeat | None = None
         self.deltas = probes.SampleDeltas()
 
     # --- helpers --------------------------------------------------------------------------------------
@@ -167,6 +169,7 @@ class ClusterTest:
     def connect(self) -> None:
         names = self.inv.all_hosts()
         self.hosts = open_hosts(self.inv, names)
+        self.heartbeat = Heartbeat(self.hosts)
         results = parallel(self.hosts, lambda h: h.run("echo ok", timeout=15))
         down = {n: r for n, r in results.items() if not (getattr(r, "ok", False) and "ok" in r.stdout)}
         for n, r in down.items():
@@ -211,6 +214,7 @@ class ClusterTest:
             if not r.ok:
                 raise LoadgenError(f"gateway on {name} did not start: {r.stderr.strip()[:200]}")
             v["_gateway_pidfile"] = f"{wd}/gateway.pid"
+            self.heartbeat.add(name, f"{wd}/heartbeat")
             wait = (f"for i in $(seq 100); do (exec 3<>/dev/tcp/{addr}/{port}) 2>/dev/null && exit 0; "
                     f"kill -0 $(cat {wd}/gateway.pid) 2>/dev/null || break; sleep 0.1; done; tail -3 {wd}/gateway.log; exit 1")
             r = host.run(wait, timeout=30)
@@ -283,6 +287,7 @@ class ClusterTest:
                 args.append("--pairing cross-node")
             args += [f"--criterion {shlex.quote(c)}" for c in self.plan.criteria]
             cmd = detached(wd, " ".join(args), "agent", before="touch heartbeat")
+            self.heartbeat.add(host.name, f"{wd}/heartbeat")
             return host.run(cmd, timeout=30)
 
         results = parallel(self._subset(self.live_generators), one)
@@ -303,13 +308,9 @@ class ClusterTest:
     def poll(self) -> dict:
         def one(host: Host):
             wd = shlex.quote(workdir(host, self.plan.run_id))
-            return host.run(f"cd {wd} && touch heartbeat && (cat out/status.json 2>/dev/null || echo '{{}}') && echo && "
+            return host.run(f"cd {wd} && (cat out/status.json 2>/dev/null || echo '{{}}') && echo && "
                             f"(kill -0 $(cat agent.pid) 2>/dev/null && echo ALIVE || echo GONE)", timeout=10)
 
-        def touch_gateway(host: Host):
-            return host.run(f"touch {shlex.quote(os.path.dirname(host.vars['_gateway_pidfile']))}/heartbeat", timeout=10)
-
-        parallel(self._subset(self.managed), touch_gateway)
         watching = {n: h for n, h in self._subset(self.agent_state).items()
                     if self.agent_state[n] not in ("done", "dead")}
         statuses = {}
@@ -422,6 +423,8 @@ class ClusterTest:
             self.collect()
             self.snapshot("after")
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             if self.samples is not None:
                 self._samples_file.close()
             self.stop_gateways()
