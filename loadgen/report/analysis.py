@@ -204,10 +204,15 @@ def gateway_frame(run: RunData) -> tuple[pd.DataFrame | None, str]:
     best = gm.groupby(["url", "_agent"]).size().reset_index(name="n").sort_values("n").groupby("url").tail(1)
     gm = gm.merge(best[["url", "_agent"]], on=["url", "_agent"]).sort_values(["url", "ts"])
     gm["node"] = gm["url"].map(lambda u: urlparse(u).netloc or u)
-    # CPU over 5-sample windows, as the agent computes it (loadgen.agent.gateway_scrape)
-    d_cpu = gm.groupby("url")["cpu_seconds"].diff(5)
-    d_ts = gm.groupby("url")["ts"].diff(5)
-    gm["cpu_percent"] = (d_cpu / d_ts * 100.0).where(d_ts > 0)
+    # CPU over 5-sample windows (fewer on a short run), as the agent computes it (loadgen.agent.gateway_scrape)
+    def window_rate(g: pd.DataFrame) -> pd.Series:
+        w = min(5, len(g) - 1)
+        if w < 1:
+            return pd.Series(np.nan, index=g.index)
+        d_cpu, d_ts = g["cpu_seconds"].diff(w), g["ts"].diff(w)
+        return (d_cpu / d_ts * 100.0).where(d_ts > 0)
+
+    gm["cpu_percent"] = pd.concat([window_rate(g) for _, g in gm.groupby("url")])
     out = gm.rename(columns={"active_connections": "conns", "rss_bytes": "rss", "open_fds": "fds"})
     return out[["ts", "node", "conns", "rss", "cpu_percent", "fds"]], "agents' gateway_metrics.csv"
 
