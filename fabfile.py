@@ -44,7 +44,7 @@ def _list(value):
         "rate": "messages per second per user",
         "message_size": "MESSAGE_SIZE in bytes",
         "min_generators": "proceed when at least this many generators are reachable (default: all)",
-        "probe_interval": "seconds between host probe samples (default 5)",
+        "probe_interval": "seconds between host probe samples (default: run length / 60, within 1-5)",
         "deadman": "agents stop when the controller is silent this long (default 60s)",
         "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
         "criterion": "override a success criterion, e.g. message_p99_ms<100 (repeatable)",
@@ -52,7 +52,7 @@ def _list(value):
     },
 )
 def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections=None, duration=None, stage=None,
-                 rate=None, message_size=None, min_generators=None, probe_interval=5.0, deadman="60s",
+                 rate=None, message_size=None, min_generators=None, probe_interval=None, deadman="60s",
                  token_file=None, criterion=None, reports_dir="reports"):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
@@ -63,7 +63,7 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections
                    duration=duration, stages=_list(stage), rate=float(rate) if rate is not None else None,
                    message_size=_positive_int(message_size, "--message-size", 1_048_576) if message_size else None,
                    min_generators=int(min_generators) if min_generators else None,
-                   probe_interval=float(probe_interval), deadman=deadman, token_file=token_file,
+                   probe_interval=float(probe_interval) if probe_interval else None, deadman=deadman, token_file=token_file,
                    criteria=_list(criterion), reports_dir=reports_dir)
     _guard(run, opts)
 

@@ -39,7 +39,7 @@ class Options:
     rate: float | None = None
     message_size: int | None = None
     min_generators: int | None = None
-    probe_interval: float = 5.0
+    probe_interval: float | None = None  # None: total/60 within 1-5 s (enough samples for the leak fit)
     deadman: str = "60s"
     reports_dir: str = "reports"
     token_file: str | None = None
@@ -118,7 +118,7 @@ class ClusterTest:
 
         if parse_duration(opts.deadman, "--deadman") < 3:
             raise UsageError("--deadman must be at least 3s (the controller polls every 2 s)")
-        if not opts.probe_interval > 0:
+        if opts.probe_interval is not None and not opts.probe_interval > 0:
             raise UsageError("--probe-interval must be a positive number of seconds")
         self.inv = load_inventory(opts.inventory)
         _plan_defaults(self.inv, opts)
@@ -337,13 +337,14 @@ class ClusterTest:
 
     def watch(self) -> None:
         deadline = self.plan.start_at + self.plan.total_s + 90
+        interval = self.opts.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
         next_sample = 0.0
         last = {}
         while True:
             now = time.time()
             if now >= next_sample:
                 self.sample()
-                next_sample = now + self.opts.probe_interval
+                next_sample = now + interval
             statuses = self.poll()
             last.update(statuses)
             running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]

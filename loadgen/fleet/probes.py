@@ -48,6 +48,9 @@ def snapshot_commands(host, roles: list[str]) -> dict[str, str]:
                               f" || ls /proc/$P/fd | wc -l)")
         cmds["gateway-limits"] = f"P=$({pid}); [ -n \"$P\" ] && grep 'open files' /proc/$P/limits"
         cmds["metrics"] = _http_get(_metrics_url(host))
+        # listen-queue overflows are the evidence behind "connection timeouts" (spec troubleshooting #1)
+        cmds["nstat"] = "nstat -az TcpExtListenOverflows TcpExtListenDrops"
+        cmds["sysctl"] = "sysctl net.core.somaxconn net.ipv4.tcp_max_syn_backlog"
     if "etcd" in roles:
         ep = f"http://{v.get('ansible_host', '127.0.0.1')}:{int(v.get('etcd_client_port', 2379))}"
         cmds["etcd-health"] = f"ETCDCTL_API=3 etcdctl --endpoints={ep} endpoint health --cluster"
