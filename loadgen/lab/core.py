@@ -213,7 +213,7 @@ def _pid_alive(pidfile: Path, comm: str) -> int | None:
     """PID from *pidfile* if that process is alive and is *comm* (guards against PID reuse)."""
     try:
         pid = int(pidfile.read_text().strip())
-        if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+        if Path(f"/proc/{pid}/comm").read_text().strip() == comm and _alive(pid):
             return pid
     except (OSError, ValueError):
         pass
@@ -501,12 +501,27 @@ def _cgroup_pids(cfg: LabConfig, name: str) -> set[int]:
     return pids
 
 
+def _alive(pid: int) -> bool:
+    """True while *pid* runs; reaps it if it is our exited child (lab_up in a long-lived process)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _wait_gone(pids: set[int], timeout: float) -> set[int]:
     deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+    while True:
+        pids = {p for p in pids if _alive(p)}
+        if not pids or time.monotonic() >= deadline:
+            return pids
         time.sleep(0.1)
-    return {p for p in pids if Path(f"/proc/{p}").exists()}
 
 
 def _stop_container(cfg: LabConfig, name: str, grace: float = 15.0) -> None:
@@ -519,7 +534,7 @@ def _stop_container(cfg: LabConfig, name: str, grace: float = 15.0) -> None:
         os.kill(pid, signal.SIGTERM)
         _wait_gone({pid}, grace)
     for _ in range(50):
-        left = _cgroup_pids(cfg, name) | ({pid} if pid and Path(f"/proc/{pid}").exists() else set())
+        left = {p for p in _cgroup_pids(cfg, name) | ({pid} if pid else set()) if _alive(p)}
         if not left:
             break
         for p in left:
