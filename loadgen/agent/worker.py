@@ -169,7 +169,7 @@ class Worker:
         self.n = n
         self.rng = random.Random(os.getpid())
         agent = re.sub(r"[^A-Za-z0-9_.:-]", "_", plan.agent_id)[:60]
-        self.uids = [f"{agent}-{index}-{s}".encode() for s in range(n)]
+        self.uid_prefix = f"{agent}-{index}-"  # user id of slot s: prefix + s (made when needed, not stored)
         self.url_bases = [f"ws://{host}:{port}{plan.path}?user=" for host, port in plan.endpoints]
         self.closed_loop = getattr(plan, "closed_loop", False)
         self.conn_class = LoopConn if self.closed_loop else Conn
@@ -186,7 +186,11 @@ class Worker:
         self.connecting = 0
         self.body = frames.make_body(plan.message_size)
         self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
-        self.beats = OpenSchedule(1.0 / plan.heartbeat_s, self.rng)
+        # Heartbeats: a cursor sweeps the slots once per heartbeat period, so a connection costs no
+        # schedule entry (~200 B each in a heap); each open connection is pinged once per period.
+        self.beat_period_ns = int(plan.heartbeat_s * 1e9)
+        self.beat_pos = 0.0
+        self.beat_last_ns = 0
         self.seq = 0
         self.iv = Interval()
         self.stopping = False
@@ -200,7 +204,7 @@ class Worker:
         bases = self.url_bases
         # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
         node = (slot + self.index if self.plan.pairing == "cross-node" else slot // 2 + self.index) % len(bases)
-        return bases[node] + self.uids[slot].decode()
+        return bases[node] + self.uid_prefix + str(slot)
 
     def local_ip(self, slot: int):
         ips = self.plan.local_ips
@@ -233,7 +237,6 @@ class Worker:
         self.conns[slot] = None
         self.active -= 1
         self.iv.session.record((now - conn.established_ns) // 1000)
-        self.beats.remove(slot)
         if conn.planned:
             self.closing -= 1
             self.iv.closes += 1
@@ -286,7 +289,6 @@ class Worker:
                 self.send_echo(conn, now)
         elif slot not in self.sends and self.sending:
             self.sends.add(slot, now)
-        self.beats.add(slot, now)
         if self.stopping:
             self._close(slot)
 
@@ -372,17 +374,32 @@ class Worker:
                 if state[peer] != OPEN or conns[peer].planned:
                     iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
                     continue
-                data = frames.send_frame(self.uids[peer], self.seq, scheduled, body)
+                data = frames.send_frame((self.uid_prefix + str(peer)).encode(), self.seq, scheduled, body)
             else:
                 data = frames.echo_frame(self.seq, scheduled, body)
             conns[slot].transport.send(WSMsgType.TEXT, data)
             iv.msgs_sent += 1
             iv.bytes_sent += len(data)
             self.totals_sent += 1
-        for slot, _ in self.beats.due(now_ns):
-            if state[slot] == OPEN:
-                conns[slot].transport.send(WSMsgType.TEXT, frames.ping_frame(now_ns))
+        self.fire_beats(now_ns)
+
+    def fire_beats(self, now_ns: int) -> None:
+        high, last = self.high, self.beat_last_ns
+        self.beat_last_ns = now_ns
+        if not high or not last:
+            return
+        step = high * (now_ns - last) / self.beat_period_ns
+        start = int(self.beat_pos)
+        self.beat_pos += min(step, high)
+        end = int(self.beat_pos)
+        state, conns, iv = self.state, self.conns, self.iv
+        for i in range(start, end):
+            slot = i % high
+            if state[slot] == OPEN and not conns[slot].planned:
+                conns[slot].transport.send(TEXT, frames.ping_frame(now_ns))
                 iv.pings += 1
+        if self.beat_pos >= high:
+            self.beat_pos -= high * (self.beat_pos // high)
 
     # --- the run -----------------------------------------------------------------------------------
     def flush(self, t0_ns: int, phase: str, target: int) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import stat
+import sys
 from dataclasses import dataclass, field
 
 from loadgen.errors import UsageError
@@ -189,6 +190,11 @@ def build_plan(args) -> RunPlan:
         raise UsageError(
             f"{profile.peak:,} connections exceed ephemeral ports x source IPs x gateway endpoints = "
             f"{ports:,} x {len(local_ips or [None])} x {len(endpoints)} = {capacity:,}; add --local-ips or endpoints")
+    per_pair = profile.peak / (len(local_ips or [None]) * len(endpoints))
+    if per_pair > ports / 2:  # measured: bench/README.md, 100,000-connection run
+        print(f"loadgen: warning: {per_pair:,.0f} connections per source address and endpoint use over half of the "
+              f"{ports:,} ephemeral ports: Linux's connect() searches its preferred half first and opening slows "
+              f"down sharply; add --local-ips", file=sys.stderr)
 
     start_at = None
     if args.start_at is not None:
