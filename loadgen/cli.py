@@ -46,6 +46,10 @@ def _run_parser(sub) -> None:
                    help="sample a gateway's /metrics every second (memory, CPU criteria)")
     p.add_argument("--heartbeat-file", help="controller heartbeat: stop the load when it goes stale")
     p.add_argument("--deadman-timeout", default="60s", help="staleness that stops the load (default 60s)")
+    p.add_argument("--reconnect", choices=("backoff", "none"), default="backoff",
+                   help="after a drop: reconnect with full-jitter exponential backoff (default), or not at all")
+    p.add_argument("--backoff-base", default="0.5s", help="first reconnect backoff ceiling (default 0.5s)")
+    p.add_argument("--backoff-cap", default="30s", help="largest reconnect backoff (default 30s)")
     p.add_argument("--pairing", choices=("same-node", "cross-node"), default="same-node",
                    help="peer messages stay on one gateway node, or cross nodes (needs gateway cluster routing)")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")

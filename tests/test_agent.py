@@ -119,6 +119,8 @@ def test_gateway_killed_mid_run_is_recorded_and_summary_written(tmp_path):
     assert proc.returncode == 99, stdout + stderr  # criteria fail; the run itself completes
     s = summary(out)
     assert s["connections"]["disconnects"] == 30
+    rows = read_rows(out)
+    assert sum(int(r["disc_lost"]) for r in rows) == 30  # SIGKILL: no close frame, the sockets just went
     assert s["connections"]["failed_by_reason"].get("refused", 0) > 0  # reconnects with backoff, refused
     assert s["messages"]["send_failed"] > 0 and s["messages"]["success_rate"] < 0.99
     assert "Traceback" not in stderr
@@ -169,3 +171,25 @@ def test_disk_full_stops_the_load_with_a_clear_error(gateway, tmp_path):
         assert time.time() - started < 40  # stopped early, not after the planned 60 s
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_gateway_closing_on_us_is_a_disconnect_by_gateway_and_no_reconnect_is_honoured(tmp_path):
+    """With --reconnect none, users dropped by the gateway stay gone; the drops are counted by reason."""
+    gw = start_gateway(tmp_path)
+    try:
+        out = tmp_path / "n"
+        env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+        proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "connection", "--vus", "10", "--duration", "6s",
+                                 "--rate", "1", "-e", f"GATEWAY_PORT={gw.port}", "--out", str(out), "--workers", "1",
+                                 "--reconnect", "none", "--quiet"], env={**env, "AUTH_TOKEN": TOKEN})
+        time.sleep(3)
+        gw.stop(signal.SIGTERM)  # a graceful stop closes every session with a close frame
+        proc.wait(60)
+        rows = read_rows(out)
+        drops = sum(int(r["disconnects"]) for r in rows)
+        assert drops == 10
+        assert sum(int(r["disc_by_gateway"]) for r in rows) + sum(int(r["disc_lost"]) for r in rows) == drops
+        assert sum(int(r["connects_failed"]) for r in rows) == 0  # nobody tried to come back
+        assert summary(out)["connections"]["attempted"] == 10
+    finally:
+        gw.stop()

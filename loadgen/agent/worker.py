@@ -62,9 +62,12 @@ BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 CLOSE_WAIT_S = 2.0  # a planned close waits this long for the gateway's close reply
 
 
-def backoff_s(failures: int, rng: random.Random) -> float:
+NEVER_NS = 1 << 62  # retry time of a slot that is not to reconnect (--reconnect none)
+
+
+def backoff_s(failures: int, rng: random.Random, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> float:
     """Full-jitter exponential backoff, so a dropped gateway is not hit by a synchronized storm."""
-    return rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(failures, 16))))
+    return rng.uniform(0, min(cap_s, base_s * (2 ** min(failures, 16))))
 
 
 def classify_connect_error(exc: BaseException) -> str:
@@ -91,7 +94,7 @@ def classify_connect_error(exc: BaseException) -> str:
 
 
 class Conn(WSListener):
-    __slots__ = ("w", "slot", "transport", "established_ns", "planned", "sent_ns")
+    __slots__ = ("w", "slot", "transport", "established_ns", "planned", "closed_by_gateway", "sent_ns")
 
     def __init__(self, worker: "Worker", slot: int) -> None:
         super().__init__()
@@ -100,6 +103,7 @@ class Conn(WSListener):
         self.transport = None
         self.established_ns = 0
         self.planned = False
+        self.closed_by_gateway = False
         self.sent_ns = 0  # closed loop: send time of the echo in flight (0: none)
 
     def on_ws_connected(self, transport) -> None:
@@ -119,6 +123,7 @@ class Conn(WSListener):
 
     def on_close_frame(self, transport) -> None:
         if not self.planned:  # the gateway closes on us: answer, then drop the socket
+            self.closed_by_gateway = True
             transport.send_close(WSCloseCode.OK)
         transport.disconnect()
 
@@ -245,10 +250,23 @@ class Worker:
             heapq.heappush(self.idle, slot)
         else:  # the gateway or the network dropped it: sends keep coming due and count as failed
             self.iv.disconnects += 1
-            self.state[slot] = DOWN
-            self.failures[slot] = min(self.failures[slot] + 1, 255)
-            self.retry_at[slot] = now + int(backoff_s(self.failures[slot], self.rng) * 1e9)
-            self.down.add(slot)
+            if conn.closed_by_gateway:
+                self.iv.disc_by_gateway += 1
+            else:
+                self.iv.disc_lost += 1
+            self._mark_down(slot, now)
+
+    def _mark_down(self, slot: int, now_ns: int) -> None:
+        """A dropped or failed slot waits out its jittered backoff (or for good, with --reconnect none)."""
+        self.state[slot] = DOWN
+        self.failures[slot] = min(self.failures[slot] + 1, 255)
+        plan = self.plan
+        if plan.reconnect == "none":
+            self.retry_at[slot] = NEVER_NS
+        else:
+            self.retry_at[slot] = now_ns + int(backoff_s(self.failures[slot], self.rng, plan.backoff_base_s,
+                                                         plan.backoff_cap_s) * 1e9)
+        self.down.add(slot)
 
     # --- connection management ---------------------------------------------------------------------
     async def _open(self, slot: int) -> None:
@@ -265,17 +283,13 @@ class Worker:
         except Exception as exc:  # every failure is a measured outcome, never a crash
             self.connecting -= 1
             self.iv.fail(classify_connect_error(exc))
-            self.failures[slot] = min(self.failures[slot] + 1, 255)
-            self.state[slot] = DOWN
-            self.retry_at[slot] = time.monotonic_ns() + int(backoff_s(self.failures[slot], self.rng) * 1e9)
-            self.down.add(slot)
+            self._mark_down(slot, time.monotonic_ns())
             return
         now = time.monotonic_ns()
         self.connecting -= 1
         if transport.is_disconnected:
             self.iv.fail("reset")
-            self.state[slot] = DOWN
-            self.down.add(slot)
+            self._mark_down(slot, now)
             return
         conn.established_ns = now
         self.conns[slot] = conn

@@ -43,6 +43,9 @@ class RunPlan:
     workers: int
     agent_id: str
     local_ips: list[str] | None
+    reconnect: str = "backoff"  # 'backoff': dropped connections return after a jittered backoff; 'none'
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
     pairing: str = "same-node"  # 'cross-node' needs a gateway cluster that routes between nodes
     path: str = "/ws"
     heartbeat_s: float = 30.0
@@ -226,6 +229,9 @@ def build_plan(args) -> RunPlan:
         gateway_metrics=list(args.gateway_metrics or []),
         criteria=criteria,
         pairing=args.pairing,
+        reconnect=args.reconnect,
+        backoff_base_s=parse_duration(args.backoff_base, "--backoff-base"),
+        backoff_cap_s=parse_duration(args.backoff_cap, "--backoff-cap"),
         quiet=args.quiet,
         closed_loop=closed_loop,
     )
