@@ -159,7 +159,7 @@ def lab():
         assert r.returncode == 0, tail(r)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(2700)  # the first test pays for the module's lab (lab_up + site.yml when none is deployed)
 def test_both_nodes_in_etcd_and_topics_with_replication_factor_3(lab):
     assert etcd_nodes(lab) == ["gw1", "gw2"]
     for gw in GATEWAYS:
