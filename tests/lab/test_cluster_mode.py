@@ -5,7 +5,7 @@ Reuses a lab that is up and deployed (site.yml); otherwise builds one (lab_up + 
 tears it down at the end. For the fault tests the gateways get short TTLs (registry 10 s, lease 5 s) through
 im_gateway_config_overrides; the lab's configuration is restored afterwards.
 
-Run: pytest -m lab tests/lab/test_cluster_mode.py -v
+Run: pytest -m lab tests/lab/test_cluster_mode.py -v   (LOADGEN_LAB_KEEP=1: leave a lab it built up)
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ def etcd_nodes(cfg: LabConfig) -> list[str]:
 def fab_cluster_test(cfg: LabConfig, reports: Path, stages: list[str], rate: float = 2.0, **popen):
     token = secrets(cfg)["im_gateway_auth_token"]
     args = [_tool("fab"), "-r", str(REPO), "cluster-test", "-i", str(cfg.inventory_dir), "--scenario", "cluster",
-            "--reports-dir", str(reports), "--rate", str(rate), "--probe-interval", "2"]
+            "--reports-dir", str(reports), "--rate", str(rate), "--probe-interval", "2",
+            # latency is measured and reported; its verdict belongs to the hardware (here: 7 containers, 3 JVM
+            # brokers on 2 shared cores), routing correctness to these tests
+            "--criterion", "message_p99_ms=off"]
     for s in stages:
         args += ["--stage", s]
     env = {**os.environ, "AUTH_TOKEN": token}
@@ -152,7 +155,7 @@ def lab():
         ssh(cfg, gw, "systemctl start im-gateway")
     for infra in ("infra1", "infra2", "infra3"):
         ssh(cfg, infra, "systemctl start kafka")
-    if owned:
+    if owned and not os.environ.get("LOADGEN_LAB_KEEP"):
         lab_down(cfg)
     else:
         r = playbook(cfg, "deploy.yml", "--limit", "gateways")  # the lab's own TTLs again
