@@ -85,10 +85,10 @@ class ClusterRouter(LocalRouter):
             log.warning("kafka not ready yet: serving local traffic, cross-node sends fail until it is")
 
     async def stop(self) -> None:
-        await self.membership.leave()  # other nodes stop routing here at once
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.membership.leave()  # other nodes stop routing here at once
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.s.timeout_s)
         await self.registry.close(dict(self._values))
