@@ -280,12 +280,12 @@ class Worker:
         ip = self.local_ip(slot)
         cls = self.conn_class
         try:
-            transport, conn = await asyncio.wait_for(
-                ws_connect(lambda _request=None, _response=None: cls(self, slot), self.url(slot), extra_headers=self.headers,
-                           websocket_handshake_timeout=self.plan.connect_timeout_s,
-                           socket_factory=source_socket(ip) if ip else None, logger_name=PICOWS_LOG,
-                           read_buffer_init_size=READ_BUFFER_INIT, use_aiofastnet=self.closed_loop and HAS_AIOFASTNET),
-                self.plan.connect_timeout_s)
+            async with asyncio.timeout(self.plan.connect_timeout_s):  # a timer, not wait_for's extra task
+                transport, conn = await ws_connect(
+                    lambda _request=None, _response=None: cls(self, slot), self.url(slot), extra_headers=self.headers,
+                    websocket_handshake_timeout=self.plan.connect_timeout_s,
+                    socket_factory=source_socket(ip) if ip else None, logger_name=PICOWS_LOG,
+                    read_buffer_init_size=READ_BUFFER_INIT, use_aiofastnet=self.closed_loop and HAS_AIOFASTNET)
         except Exception as exc:  # every failure is a measured outcome, never a crash
             self.connecting -= 1
             self.iv.fail(classify_connect_error(exc))
