@@ -126,7 +126,13 @@ def main() -> None:
         elif live == wanted:
             entry["status"] = "live"
         elif not module.params["apply"] or module.check_mode:
-            entry["status"] = "differs"
+            # Read-only: do not write. A key the kernel exposes read-only (0444, e.g. net.core.rmem_max
+            # in a container's network namespace) is refused; a writable one is just not applied.
+            if os.access(proc_path(key), os.W_OK):
+                entry["status"] = "differs"
+            else:
+                entry["status"] = "refused"
+                entry["error"] = "read-only on this host"
         else:
             error = None
             try:
