@@ -109,6 +109,8 @@ def test_lab_inventory_describes_every_host_with_checked_host_keys(lab):
     for gw in groups["gateways"]:
         assert (hostvars[gw]["gateway_port"], hostvars[gw]["gateway_metrics_port"],
                 hostvars[gw]["gateway_managed_by"]) == (8080, 9090, "systemd")
+        assert hostvars[gw]["gateway_metrics_host"] == hostvars[gw]["ansible_host"]
+        assert len(hostvars[gw]["gateway_auth_token"]) >= 16 and len(hostvars[gw]["redis_password"]) >= 16
     for gen in groups["generators"]:
         assert hostvars[gen]["loadgen_bin"] == "/opt/loadgen/venv/bin/loadgen"
         assert hostvars[gen]["loadgen_workdir"] == "/var/lib/loadgen"
@@ -198,6 +200,11 @@ def test_verify_reports_live_values_and_host_refusals(lab):
     assert ssh(cfg, "gw1", "systemctl is-active im-gateway").stdout.strip() == "active"
     assert ssh(cfg, "gw1", "grep -c '^server:' /etc/im-gateway/config.yaml").stdout.strip() == "1"
     assert ssh(cfg, "gw1", "stat -c %a /etc/im-gateway/token").stdout.strip() == "600"
+    # the paths and addresses fab cluster-test's probes use
+    assert ssh(cfg, "infra1", "/opt/kafka/bin/kafka-topics.sh --bootstrap-server 10.213.1.11:9092 --list"
+                              " | grep -x loadgen-verify").returncode == 0
+    assert ssh(cfg, "gw1", "python3 -c \"import urllib.request as u; "
+                           "print(u.urlopen('http://10.213.1.14:9090/metrics', timeout=5).status)\"").stdout.strip() == "200"
 
 
 @pytest.mark.timeout(600)
