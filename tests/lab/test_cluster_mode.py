@@ -14,6 +14,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,8 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-GATEWAYS = {"gw1": "10.213.1.14", "gw2": "10.213.1.15"}  # loadgen.lab's fixed addresses
+GATEWAYS = {"gw1": "", "gw2": ""}  # name -> address, read from the lab inventory by the fixture
+INFRA1 = [""]  # etcd/kafka/redis-primary host address
 REGISTRY_TTL_S, LEASE_TTL_S = 10, 5
 SHORT_TTLS = {"im_gateway_config_overrides": {"cluster": {"registry_ttl": f"{REGISTRY_TTL_S}s",
                                                           "lease_ttl": f"{LEASE_TTL_S}s"}}}
@@ -92,12 +94,12 @@ def wait_for(cond, timeout: float, what: str) -> float:
 
 def redis_cli(cfg: LabConfig, *args: str) -> str:
     pw = secrets(cfg)["redis_password"]
-    r = ssh(cfg, "infra1", f"REDISCLI_AUTH={pw} redis-cli -h 10.213.1.11 {' '.join(args)}")
+    r = ssh(cfg, "infra1", f"REDISCLI_AUTH={pw} redis-cli -h {INFRA1[0]} {' '.join(args)}")
     return r.stdout.strip()
 
 
 def etcd_nodes(cfg: LabConfig) -> list[str]:
-    r = ssh(cfg, "infra1", "ETCDCTL_API=3 etcdctl --endpoints=http://10.213.1.11:2379 get --prefix "
+    r = ssh(cfg, "infra1", f"ETCDCTL_API=3 etcdctl --endpoints=http://{INFRA1[0]}:2379 get --prefix "
                            "/loadgen/gateways/ --keys-only")
     return sorted(k[len("/loadgen/gateways/"):] for k in r.stdout.split())
 
@@ -147,6 +149,9 @@ def lab():
         lab_up(7, cfg)
         r = playbook(cfg, "site.yml")
         assert r.returncode == 0, tail(r)
+    hosts = dict(re.findall(r"^(\S+) ansible_host=(\S+)", (cfg.inventory_dir / "hosts.ini").read_text(), re.M))
+    GATEWAYS.update({gw: hosts[gw] for gw in GATEWAYS})
+    INFRA1[0] = hosts["infra1"]
     r = playbook(cfg, "deploy.yml", "--limit", "gateways", "-e", json.dumps(SHORT_TTLS))
     assert r.returncode == 0, tail(r)
     wait_for(lambda: all(metric(g, "im_gateway_cluster_nodes") == 2 for g in GATEWAYS), 60, "both nodes in etcd")
@@ -166,7 +171,7 @@ def lab():
 def test_both_nodes_in_etcd_and_topics_with_replication_factor_3(lab):
     assert etcd_nodes(lab) == ["gw1", "gw2"]
     for gw in GATEWAYS:
-        r = ssh(lab, "infra1", f"kafka-topics --bootstrap-server 10.213.1.11:9092 --describe --topic im-gateway.node.{gw}")
+        r = ssh(lab, "infra1", f"kafka-topics --bootstrap-server {INFRA1[0]}:9092 --describe --topic im-gateway.node.{gw}")
         assert r.returncode == 0, r.stderr
         assert "ReplicationFactor: 3" in r.stdout, r.stdout
         assert metric(gw, "im_gateway_kafka_topic_replication_factor") == 3
@@ -228,7 +233,7 @@ def test_a_kafka_broker_stopped_mid_run_routing_continues(lab, tmp_path):
     assert received_after > 5_000, received_after
     errors = {gw: {k: v for k, v in metrics(gw).items() if k.startswith("im_gateway_errors_total")} for gw in GATEWAYS}
     print("\ngateway errors after the broker stop:", json.dumps(errors), file=sys.stderr)
-    wait_for(lambda: "ReplicationFactor: 3" in ssh(lab, "infra1", "kafka-topics --bootstrap-server 10.213.1.11:9092 "
+    wait_for(lambda: "ReplicationFactor: 3" in ssh(lab, "infra1", f"kafka-topics --bootstrap-server {INFRA1[0]}:9092 "
                                                    "--describe --topic im-gateway.node.gw1").stdout, 120, "kafka back")
 
 
