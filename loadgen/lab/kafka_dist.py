@@ -84,8 +84,13 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 """
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True)
+def _run(cmd: list[str], cwd: Path, quiet: bool) -> None:
+    if not quiet:
+        subprocess.run(cmd, cwd=cwd, check=True)
+        return
+    r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}")
 
 
 def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -109,9 +114,7 @@ def build_kafka_archive(out_dir: Path, version: str = KAFKA_VERSION, *, quiet: b
     (work / "pom.xml").write_text(_POM.format(scala=SCALA_VERSION, kafka=version, log4j=LOG4J_VERSION))
     cmd = ["mvn", "-B", "-Dstyle.color=never", "--no-transfer-progress", "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
            "-DincludeScope=runtime"]
-    if quiet:
-        cmd.insert(2, "-q")
-    _run(cmd, work)
+    _run(cmd, work, quiet)
     jars = sorted(p.name for p in libs.glob("*.jar"))
     if not any(j.startswith(f"kafka_{SCALA_VERSION}-{version}") for j in jars):
         raise RuntimeError(f"maven did not deliver kafka_{SCALA_VERSION}-{version}.jar: {jars}")
