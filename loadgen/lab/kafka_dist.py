@@ -48,7 +48,7 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 # role and the probes need, with the class names of Kafka 4.x.
 _RUN_CLASS = """#!/bin/sh
 # Minimal kafka-run-class.sh: run CLASS with every jar in libs/ on the classpath.
-base_dir=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+base_dir=$(CDPATH= cd -- "$(dirname -- "$(readlink -f -- "$0")")/.." && pwd)
 : "${KAFKA_HEAP_OPTS:=-Xmx256M}"
 : "${KAFKA_LOG4J_OPTS:=-Dlog4j2.configurationFile=$base_dir/config/tools-log4j2.properties}"
 : "${JAVA:=java}"
@@ -59,7 +59,7 @@ exec "$JAVA" $KAFKA_HEAP_OPTS $KAFKA_JVM_PERFORMANCE_OPTS $KAFKA_LOG4J_OPTS $KAF
 
 _LAUNCHERS = {
     "kafka-server-start.sh": (
-        'base_dir=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)\n'
+        'base_dir=$(CDPATH= cd -- "$(dirname -- "$(readlink -f -- "$0")")/.." && pwd)\n'
         ': "${KAFKA_LOG4J_OPTS:=-Dlog4j2.configurationFile=$base_dir/config/log4j2.properties}"\n'
         "export KAFKA_LOG4J_OPTS\n"
         'exec "$base_dir/bin/kafka-run-class.sh" kafka.Kafka "$@"\n'
@@ -105,7 +105,9 @@ def build_kafka_archive(out_dir: Path, version: str = KAFKA_VERSION, *, quiet: b
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"kafka_{SCALA_VERSION}-{version}"
     archive = out_dir / f"{name}.tgz"
-    if archive.exists():
+    recipe_file = out_dir / f"{name}.recipe"
+    recipe = hashlib.sha256(repr((_POM, _RUN_CLASS, _LAUNCHERS, _LOG4J, version, LOG4J_VERSION)).encode()).hexdigest()
+    if archive.exists() and recipe_file.exists() and recipe_file.read_text().strip() == recipe:
         return archive
     work = out_dir / f"{name}.build"
     shutil.rmtree(work, ignore_errors=True)
@@ -139,6 +141,7 @@ def build_kafka_archive(out_dir: Path, version: str = KAFKA_VERSION, *, quiet: b
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
         gz.write(buf.getvalue())
     tmp.rename(archive)
+    recipe_file.write_text(recipe + "\n")
     shutil.rmtree(work)
     return archive
 
