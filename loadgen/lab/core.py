@@ -456,6 +456,8 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
     if old and [(h["name"], h["ip"], h["groups"]) for h in old["hosts"]] == \
             [(h["name"], h["ip"], h["groups"]) for h in plan] and _running(cfg, old):
         log(f"lab already up with {hosts} hosts; rewriting {cfg.inventory_dir}")
+        old["artifacts"] = build_artifacts(cfg)  # (re)built if its recipe changed: fresh checksum
+        cfg.state_file.write_text(json.dumps(old, indent=1))
         write_inventory(cfg, old)
         return old
     lab_down(cfg)
