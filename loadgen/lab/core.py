@@ -54,13 +54,18 @@ class LabConfig:
         default_factory=lambda: Path(os.environ.get("LOADGEN_LAB_DIR", "/var/lib/loadgen-lab")))
     inventory_dir: Path = dataclasses.field(
         default_factory=lambda: Path(os.environ.get("LOADGEN_LAB_INVENTORY", REPO_ROOT / "inventory" / "lab")))
-    bridge: str = "lgbr0"
-    subnet: str = "10.213.1"  # /24; .1 is the controller's bridge address
+    # A second lab beside the first: other LOADGEN_LAB_DIR, _BRIDGE, _SUBNET and _INVENTORY.
+    bridge: str = dataclasses.field(default_factory=lambda: os.environ.get("LOADGEN_LAB_BRIDGE", "lgbr0"))
+    subnet: str = dataclasses.field(  # a /24; .1 is the controller's bridge address
+        default_factory=lambda: os.environ.get("LOADGEN_LAB_SUBNET", "10.213.1"))
     first_host: int = 11
     proxy_port: int = 3128
     suite: str = "bookworm"
     mirror: str | None = None  # default: the controller's own Debian mirror
-    cgroup_name: str = "loadgen-lab"
+
+    @property
+    def cgroup_name(self) -> str:
+        return "loadgen-lab" if self.bridge == "lgbr0" else f"loadgen-lab-{self.bridge}"
 
     @property
     def bridge_ip(self) -> str:
@@ -300,7 +305,7 @@ def _boot(cfg: LabConfig, name: str) -> int:
             (d / "cgroup.procs").write_text(str(os.getpid()))
 
     # --keep-unit: no systemd/dbus on the controller; --register=no: no machined (RECIPE.md).
-    cmd = ["systemd-nspawn", "-b", "-D", str(merged), "-M", f"lab-{name}", "--register=no",
+    cmd = ["systemd-nspawn", "-b", "-D", str(merged), "-M", f"{cfg.bridge}-{name}", "--register=no",
            "--keep-unit", f"--network-bridge={cfg.bridge}", "--console=read-only"]
     with open(cfg.lab_dir / "logs" / f"{name}.console", "wb") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -176,7 +176,7 @@ def test_site_second_run_changes_nothing(lab):
 
 @pytest.mark.timeout(600)
 def test_verify_reports_live_values_and_host_refusals(lab):
-    cfg, _ = lab
+    cfg, state = lab
     r = playbook(cfg, "verify.yml")
     out = flat(r.stdout)
     assert r.returncode == 0, tail(r)
@@ -201,10 +201,11 @@ def test_verify_reports_live_values_and_host_refusals(lab):
     assert ssh(cfg, "gw1", "grep -c '^server:' /etc/im-gateway/config.yaml").stdout.strip() == "1"
     assert ssh(cfg, "gw1", "stat -c %a /etc/im-gateway/token").stdout.strip() == "600"
     # the paths and addresses fab cluster-test's probes use
-    assert ssh(cfg, "infra1", "/opt/kafka/bin/kafka-topics.sh --bootstrap-server 10.213.1.11:9092 --list"
+    ip = {h["name"]: h["ip"] for h in state["hosts"]}
+    assert ssh(cfg, "infra1", f"/opt/kafka/bin/kafka-topics.sh --bootstrap-server {ip['infra1']}:9092 --list"
                               " | grep -x loadgen-verify").returncode == 0
     assert ssh(cfg, "gw1", "python3 -c \"import urllib.request as u; "
-                           "print(u.urlopen('http://10.213.1.14:9090/metrics', timeout=5).status)\"").stdout.strip() == "200"
+                           f"print(u.urlopen('http://{ip['gw1']}:9090/metrics', timeout=5).status)\"").stdout.strip() == "200"
 
 
 @pytest.mark.timeout(600)
