@@ -359,6 +359,7 @@ def write_inventory(cfg: LabConfig, state: dict) -> None:
         lines.append("\n")
     lines.append("[infra:children]\netcd\nkafka\nredis\n\n[lab:children]\ngenerators\ngateways\ninfra\n")
     (inv / "hosts.ini").write_text("".join(lines))
+    (inv / ".lab").write_text(f"{cfg.lab_dir}\n")  # which lab owns this inventory (lab_down checks)
     (ssh / "known_hosts").write_text("".join(f"{h['ip']} {h['hostkey']}\n" for h in hosts))
     (ssh / "ssh_config").write_text(
         "# ssh -F inventory/lab/.ssh/ssh_config gen1\n"
@@ -591,7 +592,9 @@ def lab_down(cfg: LabConfig | None = None, purge: bool = False) -> None:
             top.rmdir()
     shutil.rmtree(cfg.lab_dir / "ct", ignore_errors=True)
     cfg.state_file.unlink(missing_ok=True)
-    shutil.rmtree(cfg.inventory_dir, ignore_errors=True)
+    owner = cfg.inventory_dir / ".lab"
+    if owner.exists() and owner.read_text().strip() == str(cfg.lab_dir):
+        shutil.rmtree(cfg.inventory_dir, ignore_errors=True)  # never another lab's inventory
     if purge:
         shutil.rmtree(cfg.lab_dir, ignore_errors=True)
     if names:
