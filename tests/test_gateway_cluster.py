@@ -333,6 +333,8 @@ def test_a_hung_backend_costs_only_cross_node_traffic_and_recovers(backends, pai
             await until(lambda: metric(a, f'im_gateway_backend_up{{node="gw-a",backend="{backend}"}}') == 1, 20,
                      f"{backend} up again")
             await until(lambda: all(metric(g, "im_gateway_cluster_nodes") == 2 for g in pair), 10, "both nodes listed")
+            # frozen longer than the registry TTL, Redis expired jack's entry meanwhile: gw-b claims it again
+            await until(lambda: redis_cli(backends, "EXISTS", "im:session:jack") == "1", 10, "jack re-claimed")
             await send(hank, "jack", "cross-2")
             try:
                 after = await recv(jack, timeout=15)
