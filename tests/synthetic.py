@@ -121,6 +121,7 @@ def make_run(path: str, agents: list[AgentSpec], *, stages=("20s:120", "40s:120"
                 cols[f"fail_{r}"] = col
                 failed += col
             cols["connects_failed"] = failed
+            cols["disc_by_gateway"], cols["disc_lost"] = np.zeros(n, dtype=np.int64), disc
             lat_cells, con_cells, ses_cells = [], [], []
             for i in range(n):
                 if pool is not None:

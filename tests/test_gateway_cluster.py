@@ -422,6 +422,12 @@ def test_fab_cluster_test_in_cluster_mode_routes_every_message_across_nodes(back
     assert msgs["errors"] + msgs["lost"] <= 0.02 * msgs["sent"], msgs
     assert local == 0 and received > 500  # --pairing cross-node: every message crossed nodes through Kafka
     assert remote >= received and forwarded >= received  # (a delivery to a user closing at the end is not received)
+    # routing latency per node pair: both directions, every received message in exactly one pair
+    pairs = {(p["src_gateway"], p["dst_gateway"]): p for p in summary["pairs"]}
+    assert set(pairs) == {("gw1", "gw2"), ("gw2", "gw1")}
+    assert sum(p["count"] for p in pairs.values()) == msgs["received"]
+    assert all(0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] for p in pairs.values())
+    assert "Routing latency per gateway node pair" in open(os.path.join(run, "report.html")).read()
     lat = summary["latency_ms"]
     print(f"\ncross-node routing latency (2 agents -> 2 gateways via Kafka): p50 {lat['p50']:.1f} ms, "
           f"p99 {lat['p99']:.1f} ms over {msgs['received']} messages", file=sys.stderr)

@@ -12,6 +12,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from loadgen.agent import histogram as hdr
+from loadgen.agent.interval import COLUMNS
 from loadgen.errors import UsageError
 from loadgen.plan import criteria as crit
 from loadgen.report import analyze_run, build_report, compare_runs
@@ -170,7 +171,10 @@ def test_damaged_files_are_reported_not_fatal(tmp_path):
     make_run(path, [AgentSpec("g1", 20, 0.2), AgentSpec("g2", 20, 0.2)])
     csv_path = os.path.join(path, "agents", "g2", "timeseries.csv")
     with open(csv_path, "a") as f:
-        f.write("1700000099.5,g2,0,99,hold,40,40,0,0,0,0,0,0,0,0,0,0,0,0,0,12,12,12,0,0,0,0,0,0,0,HISTfAAAA!!notbase64,,\n")
+        row = {c: 0 for c in COLUMNS} | {"ts": 1700000099.5, "agent": "g2", "elapsed_s": 99, "phase": "hold",
+                                          "target": 40, "active": 40, "msgs_sent": 12, "msgs_received": 12,
+                                          "latency_hdr": "HISTfAAAA!!notbase64", "connect_hdr": "", "session_hdr": ""}
+        f.write(",".join(str(row[c]) for c in COLUMNS) + "\n")
         f.write("1700000100.5,g2,1,100,ho")  # cut mid-row by a kill
     with open(os.path.join(path, "agents", "g1", "summary.json"), "w") as f:
         f.write("{not json")

@@ -18,7 +18,7 @@ import time
 from multiprocessing.connection import wait
 
 from loadgen import __version__, deadman
-from loadgen.agent import gateway_scrape
+from loadgen.agent import gateway_scrape, pairs
 from loadgen.agent import histogram as hdr
 from loadgen.agent.interval import COLUMNS, COUNTERS
 from loadgen.agent.worker import classify_connect_error, worker_main
@@ -199,6 +199,8 @@ class Outputs:
         if self.gw_rows:
             self.guard(self.gw_rows.writeheader)
         self.gw_written = 0
+        self.out_dir = out_dir
+        self.pairs = self.pair_rows = None  # pairs.csv, opened with the first per-node-pair rows
 
     def guard(self, fn, *args) -> None:
         if self.error:
@@ -211,8 +213,22 @@ class Outputs:
     def row(self, row: dict) -> None:
         self.guard(self.rows.writerow, row)
 
+    def pair_rows_add(self, rows: list[dict]) -> None:
+        if self.pairs is None:
+            try:
+                self.pairs = open(os.path.join(self.out_dir, "pairs.csv"), "w", newline="")
+            except OSError as exc:
+                self.error = self.error or f"cannot write results: {exc.strerror or exc}"
+                return
+            self.pair_rows = csv.DictWriter(self.pairs, fieldnames=pairs.COLUMNS)
+            self.guard(self.pair_rows.writeheader)
+        for r in rows:
+            self.guard(self.pair_rows.writerow, r)
+
     def flush(self, gateway_rows: list[dict]) -> None:
         self.guard(self.csv.flush)
+        if self.pairs is not None:
+            self.guard(self.pairs.flush)
         if self.gw_rows is not None:
             for r in gateway_rows[self.gw_written:]:
                 self.guard(self.gw_rows.writerow, r)
@@ -221,7 +237,7 @@ class Outputs:
 
     def close(self, gateway_rows: list[dict]) -> None:
         self.flush(gateway_rows)
-        for f in (self.csv, self.gw):
+        for f in (self.csv, self.gw, self.pairs):
             if f is not None:
                 try:
                     f.close()
@@ -301,6 +317,8 @@ class Agent:
                         totals.add(row)
                         active_by_worker[row["worker"]] = row["active"]
                         self._active = sum(active_by_worker.values())
+                    elif kind == "pairs":
+                        outputs.pair_rows_add(msg[1])
                     elif kind == "started":
                         starts[msg[1]] = msg[2]
                     elif kind == "done":

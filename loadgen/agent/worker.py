@@ -24,6 +24,7 @@ from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_conn
 from loadgen.agent import frames
 from loadgen.agent import histogram as hdr
 from loadgen.agent.interval import Interval
+from loadgen.agent.pairs import PairLatency, node_index
 from loadgen.agent.schedule import OpenSchedule
 
 IDLE, CONNECTING, OPEN, DOWN = 0, 1, 2, 3
@@ -123,7 +124,7 @@ class Conn(WSListener):
     def on_ws_frame(self, transport, frame) -> None:
         kind = frame.msg_type
         if kind == TEXT:
-            self.w.on_text(frame.get_payload_as_bytes())
+            self.w.on_text(frame.get_payload_as_bytes(), self.slot)
         elif kind == CLOSE:
             self.on_close_frame(transport)
 
@@ -209,20 +210,22 @@ class Worker:
         self.totals_sent = 0
         self.totals_received = 0
         self.totals_errors = 0
+        # routing latency per gateway node pair, when partners sit on different nodes
+        self.pairs = (PairLatency(plan.endpoints, plan.pairing, index)
+                      if plan.pairing == "cross-node" and len(plan.endpoints) > 1 else None)
 
     def url(self, slot: int) -> str:
         """Computed per connect rather than stored: an idle slot costs no string."""
         bases = self.url_bases
         # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
-        node = (slot + self.index if self.plan.pairing == "cross-node" else slot // 2 + self.index) % len(bases)
-        return bases[node] + self.uid_prefix + str(slot)
+        return bases[node_index(self.plan.pairing, slot, self.index, len(bases))] + self.uid_prefix + str(slot)
 
     def local_ip(self, slot: int):
         ips = self.plan.local_ips
         return ips[(slot // len(self.plan.endpoints)) % len(ips)] if ips else None
 
     # --- receive path (called by picows) -----------------------------------------------------------
-    def on_text(self, payload: bytes) -> int:
+    def on_text(self, payload: bytes, slot: int = -1) -> int:
         iv = self.iv
         iv.bytes_received += len(payload)
         kind, ts = frames.classify(payload)
@@ -230,7 +233,10 @@ class Worker:
             iv.msgs_received += 1
             self.totals_received += 1
             if ts is not None:
-                iv.latency.record((time.monotonic_ns() - ts) // 1000)
+                us = (time.monotonic_ns() - ts) // 1000
+                iv.latency.record(us)
+                if self.pairs is not None and kind == frames.MSG:
+                    self.pairs.record(slot, us)
         elif kind == frames.ACK:
             iv.msgs_acked += 1
         elif kind == frames.PONG:
@@ -430,6 +436,10 @@ class Worker:
                           active=self.active, connecting=self.connecting)
         self.iv.reset()
         self.emit(("row", row))
+        if self.pairs is not None:
+            rows = self.pairs.rows(ts=row["ts"], agent=self.plan.agent_id, worker=self.index)
+            if rows:
+                self.emit(("pairs", rows))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

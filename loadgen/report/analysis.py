@@ -18,6 +18,7 @@ import pandas as pd
 
 from loadgen import __version__
 from loadgen.agent.interval import FAIL_REASONS
+from loadgen.agent.pairs import pair_summary
 from loadgen.agent.runner import print_summary
 from loadgen.plan import criteria as crit
 from loadgen.report import diagnostics, hosts
@@ -490,6 +491,7 @@ def analyze(run: RunData) -> dict:
                                              "attempted", "success_rate", "peak_active", "latency_p99_ms")}
                    for h, r in agents_out.items()},
         "distribution": {k: v for k, v in dist.items() if k != "rows"},
+        "pairs": pair_summary(run.path),  # routing latency per gateway node pair (cross-node pairing)
         "figures": {},
     }
     summary["figures"] = headline_figures(summary)

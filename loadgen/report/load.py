@@ -60,6 +60,7 @@ def _read_json(path: str, problems: list[str]) -> dict | None:
     return data
 
 
+OPTIONAL_COLUMNS = ("disc_by_gateway", "disc_lost")
 _NUMERIC = [c for c in COLUMNS if c not in ("agent", "phase", *HISTOGRAMS)]
 
 
@@ -73,6 +74,9 @@ def read_timeseries(path: str, problems: list[str]) -> pd.DataFrame | None:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         problems.append(f"{path}: unreadable ({exc})")
         return None
+    for c in OPTIONAL_COLUMNS:  # added later: older agents' CSVs simply lack them
+        if c not in df.columns:
+            df[c] = 0
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         problems.append(f"{path}: missing columns {', '.join(missing)}")
