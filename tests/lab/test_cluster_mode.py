@@ -213,9 +213,20 @@ def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, 
     from loadgen.agent.pairs import pair_summary
 
     pairs = pair_summary(str(run_dir))
-    if pairs:  # the agent writes pairs.csv once the worker records per-pair latency
-        assert {(p["src_gateway"], p["dst_gateway"]) for p in pairs} == {("gw1", "gw2"), ("gw2", "gw1")}
-        print("per node pair:", json.dumps(pairs), file=sys.stderr)
+    assert {(p["src_gateway"], p["dst_gateway"]) for p in pairs} == {("gw1", "gw2"), ("gw2", "gw1")}
+    assert summary["pairs"] == pairs and "Routing latency per gateway node pair" in (run_dir / "report.html").read_text()
+    print("per node pair:", json.dumps(pairs), file=sys.stderr)
+    # the report shows agents on both generators, connections on both gateways, every lab host, the infra probes
+    assert {h: a["state"] for h, a in summary["agents"].items()} == {"gen1": "done", "gen2": "done"}
+    assert set(summary["distribution"]["nodes"]) == {"gw1", "gw2"}
+    assert all(v > 0 for v in summary["distribution"]["nodes"].values())
+    html = (run_dir / "report.html").read_text()
+    for host in ("gen1", "gen2", "gw1", "gw2", "infra1", "infra2", "infra3"):
+        assert f">{host}<" in html, host
+    after = run_dir / "probes" / "infra1" / "after"
+    assert (after / "etcd-health.txt").read_text().count("is healthy") == 3
+    assert "ReplicationFactor: 3" in (after / "kafka-topics.txt").read_text()
+    assert any("connected_slaves:2" in p.read_text() for p in run_dir.glob("probes/infra*/after/redis-info.txt"))
 
 
 @pytest.mark.timeout(900)
