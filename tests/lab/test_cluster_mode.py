@@ -277,9 +277,11 @@ def test_a_stopped_gateway_node_entries_expire_and_the_other_node_serves(lab):
                 return frame
 
     async def go():
-        async with connect(url("gw1", "lab-a1"), additional_headers=headers) as a1, \
-                connect(url("gw1", "lab-a2"), additional_headers=headers) as a2, \
-                connect(url("gw2", "lab-b1"), additional_headers=headers) as b1:
+        # no client keepalive: the ssh/redis-cli checks below block this loop for seconds at a time, and a
+        # client-side ping timeout would end the test for reasons that are not the gateway's
+        async with connect(url("gw1", "lab-a1"), additional_headers=headers, ping_interval=None) as a1, \
+                connect(url("gw1", "lab-a2"), additional_headers=headers, ping_interval=None) as a2, \
+                connect(url("gw2", "lab-b1"), additional_headers=headers, ping_interval=None) as b1:
             wait_for(lambda: redis_cli(lab, "EXISTS", "im:session:lab-b1") == "1", 10, "lab-b1 registered")
             await a1.send(json.dumps({"type": "send", "to": "lab-b1", "id": 1, "ts": 1, "body": "x"}))
             crossed = await recv(b1)
