@@ -188,7 +188,9 @@ def test_both_nodes_in_etcd_and_topics_with_replication_factor_3(lab):
 @pytest.mark.timeout(900)
 def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, tmp_path):
     before = {gw: metrics(gw) for gw in GATEWAYS}
-    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "25s:400", "3s:0"])
+    # no ramp-down stage: the agents' own end-of-run drain lets messages still in Kafka arrive before the
+    # recipients disconnect (a ramp-down closes recipients with messages in flight: lost, not counted anywhere)
+    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "25s:400"])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     run_dir = only_run(tmp_path / "reports")
