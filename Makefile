@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test setup system-deps clean
 
-$(BIN)/.installed: pyproject.toml
+# setup.py compiles the agent's C closed loop (loadgen/agent/_echoloop.pyx) into the editable install
+$(BIN)/.installed: pyproject.toml setup.py loadgen/agent/_echoloop.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

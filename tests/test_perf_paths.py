@@ -2,6 +2,7 @@
 closed-loop echo, and a multi-process gateway on one port. Behaviour only, never timing."""
 
 import asyncio
+import csv
 import json
 import os
 import random
@@ -9,13 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
+
+import picows
+import pytest
 
 from hypothesis import given, settings, strategies as st
 from websockets.asyncio.client import connect
 
 from conftest import TOKEN, free_port, run_loadgen, start_gateway
+from loadgen.agent import frames, worker
 from loadgen.agent import histogram as hdr
+from loadgen.agent.interval import Interval
 from loadgen.gateway import protocol
 from loadgen.gateway.server import canonical_echo_reply
 
@@ -77,26 +84,57 @@ def test_non_canonical_echo_frames_take_the_full_path():
 
 
 # --- closed loop -----------------------------------------------------------------------------------
-def test_closed_loop_echo_records_every_round_trip(tmp_path):
+def test_the_c_closed_loop_is_built_and_chosen():
+    # `pip install -e .` compiles loadgen/agent/_echoloop.pyx against the pinned picows; the worker takes it
+    assert worker.echoloop is not None, "loadgen/agent/_echoloop.pyx was not built (setup.py)"
+    assert worker.echoloop.BUILT_WITH_PICOWS == picows.__version__
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1), st.integers(0, 3000))
+def test_c_echo_frame_equals_the_python_one(seq, ts, size):
+    body = frames.make_body(size)
+    assert worker.echoloop.EchoStats(body).frame(seq, ts) == frames.echo_frame(seq, ts, body)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-5, 10**12), max_size=300))
+def test_c_latency_counts_equal_the_recorders(values):
+    stats, recorder, iv = worker.echoloop.EchoStats(b""), hdr.Recorder(), Interval()
+    for v in values:
+        stats.record_us(v)
+        recorder.record(v)
+    totals = types.SimpleNamespace(totals_received=0, totals_sent=0)
+    stats.drain_into(iv, totals)
+    assert iv.latency.counts == recorder.counts
+    stats.drain_into(iv, totals)  # a drain starts over: nothing is counted twice
+    assert iv.latency.counts == recorder.counts
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_closed_loop_echo_records_every_round_trip(tmp_path, path):
     # closed loop sends thousands of frames/s per connection: above the gateway's default flood limit
     gateway = start_gateway(tmp_path, "limits:\n  max_frames_per_s: 1000000\n  flood_burst: 1000000\n")
     try:
-        _closed_loop(gateway, tmp_path)
+        _closed_loop(gateway, tmp_path, {"LOADGEN_PURE_PYTHON": "1"} if path == "python" else {})
     finally:
         gateway.stop()
 
 
-def _closed_loop(gateway, tmp_path):
+def _closed_loop(gateway, tmp_path, env):
     out = tmp_path / "cl"
     r = run_loadgen("run", "throughput", "--closed-loop", "--vus", "6", "--duration", "3s", "--workers", "2",
                     "-e", f"GATEWAY_PORT={gateway.port}", "-e", "MESSAGE_SIZE=200", "--out", str(out),
-                    "--criterion", "gateway_cpu_percent=off", "--criterion", "gateway_rss_growth_bytes_per_min=off")
+                    "--criterion", "gateway_cpu_percent=off", "--criterion", "gateway_rss_growth_bytes_per_min=off",
+                    env_extra=env)
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads((out / "summary.json").read_text())
     m = s["messages"]
     assert m["sent"] > 100 and m["received"] == m["sent"] and m["errors"] == 0 and m["lost"] == 0
     assert s["latency_ms"]["count"] == m["received"]  # every round trip in the histogram
     assert s["plan"]["mode"] == "echo" and s["plan"]["offered_msgs_per_s"] == 0
+    rows = list(csv.DictReader(open(out / "timeseries.csv")))
+    assert sum(int(r["bytes_received"]) for r in rows) == sum(int(r["bytes_sent"]) for r in rows) > m["sent"] * 200
 
 
 def test_closed_loop_refuses_a_rate(tmp_path):

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 
+import picows
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
 
 from loadgen.agent import frames
@@ -100,7 +101,31 @@ def classify_connect_error(exc: BaseException) -> str:
     return "other"
 
 
-class Conn(WSListener):
+class ConnLogic:
+    """What every connection does on connect, on the gateway's close and on disconnect (a mixin of the
+    listener classes below, so the C closed loop shares it)."""
+
+    __slots__ = ()
+
+    def on_ws_connected(self, transport) -> None:
+        self.transport = transport
+        # the handshake headers are not needed any more: ~2 KB per idle connection
+        if transport.request is not None:
+            transport.request.headers = None
+        if transport.response is not None:
+            transport.response.headers = None
+
+    def on_close_frame(self, transport) -> None:
+        if not self.planned:  # the gateway closes on us: answer, then drop the socket
+            self.closed_by_gateway = True
+            transport.send_close(WSCloseCode.OK)
+        transport.disconnect()
+
+    def on_ws_disconnected(self, transport) -> None:
+        self.w.on_disconnected(self)
+
+
+class Conn(ConnLogic, WSListener):
     __slots__ = ("w", "slot", "transport", "established_ns", "planned", "closed_by_gateway", "sent_ns")
 
     def __init__(self, worker: "Worker", slot: int) -> None:
@@ -113,14 +138,6 @@ class Conn(WSListener):
         self.closed_by_gateway = False
         self.sent_ns = 0  # closed loop: send time of the echo in flight (0: none)
 
-    def on_ws_connected(self, transport) -> None:
-        self.transport = transport
-        # the handshake headers are not needed any more: ~2 KB per idle connection
-        if transport.request is not None:
-            transport.request.headers = None
-        if transport.response is not None:
-            transport.response.headers = None
-
     def on_ws_frame(self, transport, frame) -> None:
         kind = frame.msg_type
         if kind == TEXT:
@@ -128,47 +145,82 @@ class Conn(WSListener):
         elif kind == CLOSE:
             self.on_close_frame(transport)
 
-    def on_close_frame(self, transport) -> None:
-        if not self.planned:  # the gateway closes on us: answer, then drop the socket
-            self.closed_by_gateway = True
-            transport.send_close(WSCloseCode.OK)
-        transport.disconnect()
 
-    def on_ws_disconnected(self, transport) -> None:
-        self.w.on_disconnected(self)
+class LoopLogic:
+    """Closed loop: one echo in flight; its reply is timed against its send and triggers the next send.
+    The reply of the echo in flight takes the fast path (send_next); everything else comes here."""
+
+    __slots__ = ()
+
+    def on_other_frame(self, transport, frame) -> None:
+        kind = frame.msg_type
+        if kind == TEXT:
+            w = self.w
+            if w.on_text(frame.get_payload_as_bytes()) == frames.ERROR and self.sent_ns:
+                self.sent_ns = 0  # the round trip ended in an error frame: go on with the next
+                if w.sending and not self.planned:
+                    self.send_next(time.monotonic_ns())
+        elif kind == CLOSE:
+            self.on_close_frame(transport)
 
 
-class LoopConn(Conn):
-    """Closed loop: one echo in flight; its reply is timed against its send and triggers the next send."""
+class LoopConn(LoopLogic, Conn):
+    """The closed loop in Python (used when the C one, _echoloop.pyx, is not built for this picows)."""
 
     __slots__ = ()
 
     def on_ws_frame(self, transport, frame) -> None:
-        if frame.msg_type == TEXT:
+        if frame.msg_type == TEXT and self.sent_ns:
             payload = frame.get_payload_as_bytes()
-            sent = self.sent_ns
-            if sent and payload.startswith(frames.ECHO_PREFIX):
+            if payload.startswith(frames.ECHO_PREFIX):
                 now = time.monotonic_ns()
                 w = self.w
                 iv = w.iv
                 iv.msgs_received += 1
                 iv.bytes_received += len(payload)
                 w.totals_received += 1
-                us = (now - sent) // 1000
+                us = (now - self.sent_ns) // 1000
                 if 0 < us < hdr.DIRECT_US:
                     iv.latency.counts[us] += 1
                 else:
                     iv.latency.record(us)
                 self.sent_ns = 0
                 if w.sending and not self.planned:
-                    w.send_echo(self, now)
-            elif self.w.on_text(payload) == frames.ERROR and sent:
-                self.sent_ns = 0  # the round trip ended in an error frame: go on with the next
-                w = self.w
-                if w.sending and not self.planned:
-                    w.send_echo(self, time.monotonic_ns())
-        elif frame.msg_type == CLOSE:
-            self.on_close_frame(transport)
+                    self.send_next(now)
+                return
+        self.on_other_frame(transport, frame)
+
+    def send_next(self, now_ns: int) -> None:
+        """The next echo of this connection, timed from now."""
+        w = self.w
+        w.seq += 1
+        data = frames.echo_frame(w.seq, now_ns, w.body)
+        self.sent_ns = now_ns
+        self.transport.send(TEXT, data)
+        iv = w.iv
+        iv.msgs_sent += 1
+        iv.bytes_sent += len(data)
+        w.totals_sent += 1
+
+
+def _load_echoloop():
+    """The C closed loop when it is built for the installed picows, else None (LOADGEN_PURE_PYTHON=1
+    forces the Python one). It cimports picows' classes: another picows version could crash it."""
+    if os.environ.get("LOADGEN_PURE_PYTHON"):
+        return None
+    try:
+        from loadgen.agent import _echoloop
+    except Exception:  # not built, or Cython's binary-compatibility check failed
+        return None
+    return _echoloop if _echoloop.BUILT_WITH_PICOWS == picows.__version__ else None
+
+
+echoloop = _load_echoloop()
+if echoloop is not None:
+    class FastLoopConn(LoopLogic, ConnLogic, echoloop.EchoConnBase):
+        """The closed loop with its per-reply path in C (fields and on_ws_frame in _echoloop.pyx)."""
+
+        __slots__ = ()
 
 
 class Worker:
@@ -184,7 +236,10 @@ class Worker:
         self.uid_prefix = f"{agent}-{index}-"  # user id of slot s: prefix + s (made when needed, not stored)
         self.url_bases = [f"ws://{host}:{port}{plan.path}?user=" for host, port in plan.endpoints]
         self.closed_loop = getattr(plan, "closed_loop", False)
-        self.conn_class = LoopConn if self.closed_loop else Conn
+        # closed loop: the C per-reply path when built (its counters are drained into iv at each flush)
+        self.echo_stats = echoloop.EchoStats(frames.make_body(plan.message_size)) \
+            if self.closed_loop and echoloop is not None else None
+        self.conn_class = (FastLoopConn if self.echo_stats is not None else LoopConn) if self.closed_loop else Conn
         self.headers = {"Authorization": f"Bearer {plan.token}"}
         self.state = bytearray(n)
         self.conns: list[Conn | None] = [None] * n
@@ -312,7 +367,7 @@ class Worker:
         self.iv.connect.record((now - start) // 1000)
         if self.closed_loop:
             if self.sending:
-                self.send_echo(conn, now)
+                conn.send_next(now)
         elif slot not in self.sends and self.sending:
             self.sends.add(slot, now)
         if self.stopping:
@@ -373,17 +428,6 @@ class Worker:
                 slot -= 1
 
     # --- send path ---------------------------------------------------------------------------------
-    def send_echo(self, conn: Conn, now_ns: int) -> None:
-        """Closed loop: the next echo of this connection, timed from now."""
-        self.seq += 1
-        data = frames.echo_frame(self.seq, now_ns, self.body)
-        conn.sent_ns = now_ns
-        conn.transport.send(TEXT, data)
-        iv = self.iv
-        iv.msgs_sent += 1
-        iv.bytes_sent += len(data)
-        self.totals_sent += 1
-
     def fire_sends(self, now_ns: int) -> None:
         iv, state, conns, body = self.iv, self.state, self.conns, self.body
         peer_mode = self.plan.mode == "peer"
@@ -428,7 +472,13 @@ class Worker:
             self.beat_pos -= high * (self.beat_pos // high)
 
     # --- the run -----------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Bring iv and the totals up to date with the C closed loop's counters."""
+        if self.echo_stats is not None:
+            self.echo_stats.drain_into(self.iv, self)
+
     def flush(self, t0_ns: int, phase: str, target: int) -> None:
+        self.sync()
         now = time.time()
         elapsed = (time.monotonic_ns() - t0_ns) / 1e9
         row = self.iv.row(ts=round(now, 3), agent=self.plan.agent_id, worker=self.index,
@@ -477,11 +527,15 @@ class Worker:
             await asyncio.sleep(max(0.0, (nxt - time.monotonic_ns()) / 1e9))
         # drain: no new sends; wait for in-flight messages, then close everything as planned
         self.sending = False
+        if self.echo_stats is not None:
+            self.echo_stats.sending = False
         self.sends = OpenSchedule(0)
         deadline = time.monotonic_ns() + int(self.plan.drain_s * 1e9)
+        self.sync()
         while (self.totals_received + self.totals_errors < self.totals_sent
                and time.monotonic_ns() < deadline and self.active):
             await asyncio.sleep(0.02)
+            self.sync()
             if time.monotonic_ns() >= next_flush:
                 self.flush(t0, "drain", 0)
                 next_flush += 1_000_000_000

@@ -16,9 +16,10 @@ build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 # Build from a copy so nothing (build/, *.egg-info) is written into the source tree.
 tar -C "$src" --exclude=./.venv --exclude=./.git --exclude=./reports --exclude=./build \
-    --exclude=./inventory/lab --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$build" -xf -
+    --exclude=./inventory/lab --exclude='*.egg-info' --exclude=__pycache__ \
+    --exclude='*.so' --exclude=./loadgen/agent/_echoloop.c -cf - . | tar -C "$build" -xf -
 if ! "$py" -m pip wheel -q --no-index --find-links "$wh" --wheel-dir "$wh" "$build" >/dev/null 2>&1; then
-  "$py" -m pip download -q --dest "$wh" setuptools wheel >&2
+  "$py" -m pip download -q --dest "$wh" setuptools wheel cython >&2  # build requirements, for the next offline build
   "$py" -m pip wheel -q --find-links "$wh" --wheel-dir "$wh" "$build" >&2
 fi
 name=$("$py" -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1]+"/pyproject.toml","rb"))["project"]["name"])' "$build")
