@@ -195,6 +195,9 @@ def make_run(path: str, agents: list[AgentSpec], *, stages=("20s:120", "40s:120"
                  counters=totals, dead=[a.name for a in agents if a.dead_at] + list(unreachable), start_at=START, hold=hold)
 
 
+AGENT_MEM_PER_CONN = 9000  # bytes per connection of a synthetic agent, on top of a 30 MB base
+
+
 def _rss(conns, t, mem_per_conn, leak, hold):
     minutes = np.clip(t - (hold[0] - START), 0, None) / 60.0
     return 50e6 + conns * mem_per_conn + leak * minutes
@@ -213,7 +216,9 @@ def _samples_csv(path, agents, gateways, active_total, duration, mem_per_conn, l
                                ("host_mem_used_bytes", rss + 1e9), ("established", conns)):
             rows += [(START + x, g, "gateways", metric, v) for x, v in zip(t, values)]
     for a in agents:
-        for metric, values in (("host_cpu_percent", 20 + act / max(1, act.max()) * 30), ("host_mem_used_bytes", 2e9 + act * 2e4)):
+        mine = np.round(act / len(agents))
+        for metric, values in (("host_cpu_percent", 20 + act / max(1, act.max()) * 30), ("host_mem_used_bytes", 2e9 + act * 2e4),
+                               ("agent_active_connections", mine), ("agent_rss_bytes", 30e6 + mine * AGENT_MEM_PER_CONN)):
             rows += [(START + x, a.name, "generators", metric, v) for x, v in zip(t, values)
                      if a.dead_at is None or x <= a.dead_at]
     for host, role in (("etcd1", "etcd"), ("redis1", "redis"), ("kafka1", "kafka")):

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from conftest import free_port
+from loadgen.report import analyze_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAB = os.path.join(os.path.dirname(sys.executable), "fab")
@@ -112,6 +114,13 @@ def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
     assert "open files" in open(os.path.join(run, "probes", "gw1", "before", "gateway-limits.txt")).read()
     samples = open(os.path.join(run, "probes", "samples.csv")).read()
     assert "gateway_active_connections" in samples and "gateway_rss_bytes" in samples
+    df = pd.read_csv(os.path.join(run, "probes", "samples.csv"))
+    for gen in ("gen1", "gen2"):  # the agent's memory, all its processes, and its connections
+        mine = df[df["host"] == gen]
+        assert mine[mine["metric"] == "agent_active_connections"]["value"].max() == 100
+        assert mine[mine["metric"] == "agent_rss_bytes"]["value"].min() > 10 * 2**20
+    rows = {r["host"]: r for r in analyze_run(run)["hosts"]["rows"]}
+    assert rows["gen1"]["memory_per_connection"] > 0 and rows["gen2"]["agent_rss_bytes_max"] > 10 * 2**20
     # the token never leaves the controller's memory except in mode-600 files
     token_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "work") for f in fs if f == "token"]
     assert token_files and all(os.stat(p).st_mode & 0o077 == 0 for p in token_files)

@@ -17,7 +17,7 @@ from loadgen.errors import UsageError
 from loadgen.plan import criteria as crit
 from loadgen.report import analyze_run, build_report, compare_runs
 from loadgen.report.hist import Hist, merge_cells
-from synthetic import AgentSpec, make_run, three_agents
+from synthetic import AGENT_MEM_PER_CONN, AgentSpec, make_run, three_agents
 
 HDR_REL = 2 ** -10  # 3 significant digits: a bucket spans at most 1/1024 of its value
 
@@ -245,3 +245,16 @@ def test_aborted_run_with_only_run_json(tmp_path):
     assert all(r["passed"] is None for r in s["criteria"])
     html = open(s["report"]).read()
     assert "Not collected: no agent produced timeseries rows." in html
+
+
+def test_agent_memory_per_connection_per_generator(tmp_path):
+    # generators' samples carry the agent's RSS (all its processes) and its open connections
+    path = str(tmp_path / "agentmem")
+    make_run(path, [AgentSpec("g1", 100, 0.2), AgentSpec("g2", 100, 0.2)], stages=("10s:20000", "30s:20000", "5s:0"))
+    rows = {r["host"]: r for r in analyze_run(path)["hosts"]["rows"]}
+    for gen in ("g1", "g2"):
+        peak = 10_000  # half of the fleet's 20,000 each
+        assert rows[gen]["memory_per_connection"] == pytest.approx(30e6 / peak + AGENT_MEM_PER_CONN, rel=0.02)
+        assert rows[gen]["agent_rss_bytes_max"] == pytest.approx(30e6 + peak * AGENT_MEM_PER_CONN, rel=0.02)
+    html = open(build_report(path)["report"]).read()
+    assert "Agent RSS (all its processes) - generator hosts" in html

@@ -287,6 +287,7 @@ class ClusterTest:
                 args.append("--pairing cross-node")
             args += [f"--criterion {shlex.quote(c)}" for c in self.plan.criteria]
             cmd = detached(wd, " ".join(args), "agent", before="touch heartbeat")
+            v["_agent_pidfile"], v["_agent_status"] = f"{wd}/agent.pid", f"{wd}/out/status.json"  # for samples
             self.heartbeat.add(host.name, f"{wd}/heartbeat")
             return host.run(cmd, timeout=30)
 

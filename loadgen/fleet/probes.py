@@ -103,6 +103,15 @@ def sample_script(host, roles: list[str]) -> str:
             "echo gw_fds=$(ls /proc/$P/fd | wc -l); fi",
             f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2}} END{{print s+0}}')",
         ]
+    if "generators" in roles and host.vars.get("_agent_pidfile"):
+        # the agent's memory: its process and its forked workers; its open connections from status.json
+        lines += [
+            f"P=$(cat {shlex.quote(host.vars['_agent_pidfile'])} 2>/dev/null)",
+            'if [ -n "$P" ] && [ -r /proc/$P/status ]; then '
+            "echo ag_rss_kb=$(ps -o rss= --pid $P --ppid $P | awk '{s+=$1} END{if (s > 0) print s}'); fi",
+            f"echo ag_active=$(grep -o '\"active\": [0-9]*' {shlex.quote(host.vars['_agent_status'])} 2>/dev/null "
+            "| grep -o '[0-9]*$')",
+        ]
     return "; ".join(lines)
 
 
@@ -143,7 +152,8 @@ class SampleDeltas:
                 add("host_cpu_percent", round(100.0 * (busy - pbusy) / total, 2))
         for key, metric, scale in (("mem_used", "host_mem_used_bytes", 1), ("established", "established", 1),
                                    ("gw_rss_kb", "gateway_rss_bytes", 1024), ("gw_fds", "gateway_fds", 1),
-                                   ("gw_active", "gateway_active_connections", 1)):
+                                   ("gw_active", "gateway_active_connections", 1),
+                                   ("ag_rss_kb", "agent_rss_bytes", 1024), ("ag_active", "agent_active_connections", 1)):
             if raw.get(key, "").strip().isdigit():
                 add(metric, int(raw[key]) * scale)
         ticks = raw.get("gw_ticks", "")

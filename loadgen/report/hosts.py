@@ -151,6 +151,20 @@ def _binned(df: pd.DataFrame, win: dict, how: str = "mean") -> dict:
     return {h: wide[h].reindex(idx).to_numpy(dtype=float) for h in wide.columns}
 
 
+def _agent_memory_per_connection(g: pd.DataFrame) -> float | None:
+    """A generator's agent RSS (all its processes) / its open connections, at the sample with the most
+    connections: what a generator host needs per connection, its interpreter and buffers included."""
+    both = g[g["metric"].isin(("agent_rss_bytes", "agent_active_connections"))]
+    if both.empty:
+        return None
+    wide = both.pivot_table(index="ts", columns="metric", values="value").dropna()
+    if wide.empty or "agent_rss_bytes" not in wide or "agent_active_connections" not in wide:
+        return None
+    peak = wide["agent_active_connections"].idxmax()
+    conns = wide.at[peak, "agent_active_connections"]
+    return float(wide.at[peak, "agent_rss_bytes"] / conns) if conns > 0 else None
+
+
 def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
     samples = run.samples
     roles = _roles(run, samples)
@@ -162,6 +176,9 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
             for metric, mg in g.groupby("metric"):
                 row[f"{metric}_max"] = float(mg["value"].max())
                 row[f"{metric}_mean"] = float(mg["value"].mean())
+            agent_mem = _agent_memory_per_connection(g)
+            if agent_mem is not None:
+                row["memory_per_connection"] = agent_mem
         # gateways and generators get charts of their own; every other role shares 'infrastructure' charts
         group_of = {h: (r if r in ("gateway", "generator") else "infrastructure") for h, r in roles.items()}
         groups = [g for g in ("gateway", "generator", "infrastructure")
@@ -170,6 +187,7 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
             in_role = samples[samples["host"].map(lambda h: group_of.get(h, "infrastructure")) == role]
             for metric, title, unit in (("host_cpu_percent", "CPU", "%"), ("host_mem_used_bytes", "Memory used", "B"),
                                         ("gateway_rss_bytes", "Gateway process RSS", "B"),
+                                        ("agent_rss_bytes", "Agent RSS (all its processes)", "B"),
                                         ("gateway_fds", "Gateway open file descriptors", ""),
                                         ("established", "Established TCP connections", "")):
                 m = in_role[in_role["metric"] == metric]
