@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import signal
 import socket
 import time
+import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
@@ -213,3 +215,194 @@ def test_half_open_client_is_dropped_after_read_timeout(tmp_path):
         s.close()
     finally:
         gw.stop()
+
+
+# --- graceful stop: SIGTERM/SIGINT closes every session with 1001 (GOING_AWAY) ------------------------------
+
+def raw_session(gw, user):
+    """A client that completes the handshake and then never answers anything (not even a close frame)."""
+    import base64
+    import os
+
+    s = socket.create_connection(("127.0.0.1", gw.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /ws?user={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").encode())
+    s.settimeout(10)
+    assert s.recv(4096).startswith(b"HTTP/1.1 101")
+    return s
+
+
+def read_until_dropped(s) -> bytes:
+    received = b""
+    try:
+        while chunk := s.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+GOING_AWAY_FRAME = b"\x88\x17\x03\xe9gateway shutting down"  # close frame: 1001 + reason, unmasked
+
+
+async def closed_with(ws):
+    """The close code and reason the gateway sent, once the close handshake is over."""
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            await asyncio.wait_for(ws.recv(), 15)
+    return e.value.rcvd.code, e.value.rcvd.reason
+
+
+def test_sigterm_closes_every_session_with_going_away_and_exits_0(tmp_path):
+    # a long grace: the gateway must exit as soon as every client has answered, not wait it out
+    gw = start_gateway(tmp_path, "server:\n  shutdown_grace: 60s\n")
+    try:
+        async def go():
+            clients = [await connect(url(gw, f"u{i}"), additional_headers=auth()) for i in range(5)]
+            for ws in clients:
+                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "up"}))
+                assert (await recv_json(ws))["body"] == "up"
+            gw.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*(closed_with(ws) for ws in clients))
+
+        assert asyncio.run(go()) == [(1001, "gateway shutting down")] * 5
+        assert gw.proc.wait(20) == 0  # well before the 60 s grace
+    finally:
+        gw.stop(signal.SIGKILL)
+
+
+def test_client_that_never_answers_the_close_is_dropped_after_the_grace(tmp_path):
+    gw = start_gateway(tmp_path, "server:\n  shutdown_grace: 8s\n")
+    try:
+        silent = raw_session(gw, "silent")
+
+        async def go():
+            async with connect(url(gw, "polite"), additional_headers=auth()) as ws:
+                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "up"}))
+                await recv_json(ws)
+                gw.proc.send_signal(signal.SIGTERM)
+                return await closed_with(ws)
+
+        assert asyncio.run(go()) == (1001, "gateway shutting down")
+        # the grace is running: the silent session is still held, the polite one counted, no new connections
+        text = gw.metrics()
+        assert 'im_gateway_disconnections_total{node="test-gw",reason="shutdown"} 1' in text
+        assert metric(gw, "im_gateway_active_connections") == 1
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5).close()
+        silent.settimeout(30)
+        assert read_until_dropped(silent).startswith(GOING_AWAY_FRAME)  # told why, then cut at the grace's end
+        silent.close()
+        assert gw.proc.wait(20) == 0
+    finally:
+        gw.stop(signal.SIGKILL)
+
+
+def test_second_sigterm_ends_the_grace_at_once(tmp_path):
+    gw = start_gateway(tmp_path, "server:\n  shutdown_grace: 5m\n")
+    try:
+        silent = raw_session(gw, "silent")
+        gw.proc.send_signal(signal.SIGTERM)
+        silent.settimeout(15)
+        assert silent.recv(4096).startswith(GOING_AWAY_FRAME)  # the stop is under way
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(20) == 0  # not the 5 minutes
+        silent.settimeout(5)
+        read_until_dropped(silent)
+        silent.close()
+    finally:
+        gw.stop(signal.SIGKILL)
+
+
+def test_processes_2_every_child_closes_its_sessions(tmp_path):
+    mport = two_free_ports()  # process i serves metrics on mport + i (the later --metrics-port wins)
+    gw = start_gateway(tmp_path, "server:\n  shutdown_grace: 60s\n",
+                       extra_args=["--processes", "2", "--metrics-port", str(mport)])
+    try:
+        def active(i):
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport + i}/metrics", timeout=5) as r:
+                return metric_text(r.read().decode(), "im_gateway_active_connections")
+
+        async def go():
+            clients = []
+            # SO_REUSEPORT spreads connections by hash: connect until both processes hold sessions
+            while len(clients) < 64:
+                ws = await connect(url(gw, f"u{len(clients)}"), additional_headers=auth())
+                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "up"}))
+                await recv_json(ws)
+                clients.append(ws)
+                if len(clients) >= 4 and all([await asyncio.to_thread(poll_metric, active, i) for i in (0, 1)]):
+                    break
+            counts = [await asyncio.to_thread(poll_metric, active, i) for i in (0, 1)]
+            gw.proc.send_signal(signal.SIGTERM)
+            return counts, await asyncio.gather(*(closed_with(ws) for ws in clients))
+
+        counts, closes = asyncio.run(go())
+        assert all(counts) and sum(counts) == len(closes)
+        assert set(closes) == {(1001, "gateway shutting down")}
+        assert gw.proc.wait(20) == 0
+    finally:
+        if gw.proc.poll() is None:  # never SIGKILL the parent alone: its children would live on
+            gw.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+        gw.stop()  # a second SIGTERM: the children cut their grace
+
+
+def two_free_ports() -> int:
+    """A port p with p + 1 free too."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if p >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+                return p
+    raise RuntimeError("no two consecutive free ports")
+
+
+def metric_text(text, name_prefix):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name_prefix) and not line.startswith("#"))
+
+
+def poll_metric(read, i):
+    """read(i), retried while process i's metrics port is not up yet."""
+    for _ in range(100):
+        try:
+            return read(i)
+        except OSError:
+            time.sleep(0.1)
+    return read(i)
+
+
+@pytest.mark.parametrize("value", ["-1s", "soon", "0"])
+def test_shutdown_grace_is_validated(tmp_path, value):
+    from loadgen.errors import UsageError
+    from loadgen.gateway.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"server:\n  shutdown_grace: {value}\n")
+    with pytest.raises(UsageError, match="shutdown_grace"):
+        load_config(str(cfg))
+    cfg.write_text("server:\n  shutdown_grace: 500ms\n")
+    assert load_config(str(cfg)).shutdown_grace_s == 0.5
+    assert load_config(None).shutdown_grace_s == 2.0
+
+
+def test_a_signal_while_leaving_the_cluster_abandons_the_leaving():
+    from loadgen.gateway.server import _unless
+
+    async def go():
+        abandon = asyncio.Event()
+        finished = await _unless(asyncio.sleep(0), abandon)
+        asyncio.get_running_loop().call_soon(abandon.set)
+        hung = await _unless(asyncio.Event().wait(), abandon)  # a backend that never answers
+        return finished, hung
+
+    assert asyncio.run(go()) == (True, False)

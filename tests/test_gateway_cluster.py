@@ -309,6 +309,29 @@ def test_entries_expire_within_ttl_when_a_node_dies_and_heartbeats_keep_them(bac
     wait_for(lambda: etcd_nodes(backends) == ["gw-a"], 8, "gw-b's lease to expire in etcd")
 
 
+def test_sigterm_closes_sessions_then_leaves_etcd_and_redis_before_exiting(backends, pair):
+    """Graceful stop in cluster mode: close frames 1001 first, then the lease is revoked and the registry
+    entries released, all before the process exits (not left to the TTLs)."""
+    a, b = pair
+
+    async def go():
+        async with ws(a, "ivy") as ivy, ws(b, "lena") as lena:
+            await until(lambda: redis_cli(backends, "EXISTS", "im:session:ivy", "im:session:lena") == "2", 5, "both")
+            b.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as e:
+                while True:
+                    await asyncio.wait_for(lena.recv(), 15)
+            code = await asyncio.to_thread(b.proc.wait, 30)
+            gone = (etcd_nodes(backends), redis_cli(backends, "EXISTS", "im:session:lena"))
+            await send(ivy, "lena", 4)
+            return e.value.rcvd.code, code, gone, await recv(ivy)
+
+    close_code, exit_code, (nodes, lena_entry), err = asyncio.run(go())
+    assert close_code == 1001 and exit_code == 0
+    assert nodes == ["gw-a"] and lena_entry == "0"  # checked right after the exit: deregistered, not expired
+    assert err["code"] == "unknown_recipient"
+
+
 @pytest.mark.parametrize("backend, kind", [("redis", "redis"), ("kafka", "kafka"), ("etcd", "etcd")])
 def test_a_hung_backend_costs_only_cross_node_traffic_and_recovers(backends, pair, backend, kind):
     a, b = pair

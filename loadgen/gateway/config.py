@@ -19,6 +19,7 @@ class GatewayConfig:
     read_timeout_s: float = 90.0  # no frame (or pong) for this long: the connection is half-open
     write_timeout_s: float = 10.0  # a peer that stops reading for this long is dropped
     max_message_size: int = 65536
+    shutdown_grace_s: float = 2.0  # SIGTERM/SIGINT: wait this long for the clients' close replies, then cut
     max_frames_per_s: float = 200.0  # per connection; above the burst it is a flood
     flood_burst: float = 400.0
     max_bad_frames_per_min: int = 20
@@ -42,6 +43,7 @@ _KEYS = {
     ("server", "read_buffer_size"): ("read_buffer_size", int),
     ("server", "write_buffer_size"): ("write_buffer_size", int),
     ("server", "max_message_size"): ("max_message_size", int),
+    ("server", "shutdown_grace"): ("shutdown_grace_s", "duration"),
     ("websocket", "handshake_timeout"): ("handshake_timeout_s", "duration"),
     ("websocket", "read_timeout"): ("read_timeout_s", "duration"),
     ("websocket", "write_timeout"): ("write_timeout_s", "duration"),

@@ -25,6 +25,7 @@ from loadgen.gateway.registry import LocalRouter, Router
 log = logging.getLogger("loadgen.gateway")
 CLOSE_REPLACED = 4000  # application close code: a newer connection of the same user took over
 CLOSE_GRACE_S = 1.0
+SHUTDOWN_REASON = b"gateway shutting down"  # with close code 1001 (GOING_AWAY) on SIGTERM/SIGINT
 # One logger adapter shared by every connection: handed a logging.Logger, picows makes a child Logger per
 # connection (~1 KB each, never freed before the connection).
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
@@ -52,6 +53,8 @@ class Gateway:
         self.metrics = GatewayMetrics(node_id)
         self.paused: dict[GatewaySession, float] = {}  # sessions whose peer stopped reading, since when
         self.sessions: set[GatewaySession] = set()  # open sessions, for the half-open sweep
+        self.stopping = False  # a graceful stop is under way: no new sessions
+        self.drained: asyncio.Event | None = None  # set by the stop when the last session has gone
 
     # --- handshake ---------------------------------------------------------------------------------
     def _reject(self, status: int, result: str, reason: str):
@@ -69,6 +72,8 @@ class Gateway:
         user = parse_qs(parts.query).get("user", [""])[0]
         if not protocol.valid_user_id(user):
             return self._reject(400, "rejected_bad_request", "user must be 1-128 of [A-Za-z0-9_.:-]")
+        if self.stopping:  # a handshake that was under way when the listener closed
+            return self._reject(503, "rejected_shutdown", "gateway shutting down")
         if self.metrics.active >= self.config.max_connections:
             return self._reject(503, "rejected_full", "server.max_connections reached")
         return GatewaySession(self, user)
@@ -103,6 +108,30 @@ class Gateway:
             elif now - session.last_rx > half:
                 session.ping_at = now
                 transport.send_ping()
+
+    async def shutdown(self, grace_s: float, cut: asyncio.Event) -> tuple[int, int]:
+        """Graceful stop (the listener is already closed): send every session a close frame 1001
+        (GOING_AWAY), wait up to grace_s (or until `cut` is set: a second signal) for the peers' close
+        replies, then drop whoever is left. Returns (sessions closed, sessions cut after the grace)."""
+        self.stopping = True
+        self.drained = asyncio.Event()
+        closing = list(self.sessions)
+        for session in closing:
+            session.going_away()
+        if self.sessions:
+            waits = [asyncio.ensure_future(self.drained.wait()), asyncio.ensure_future(cut.wait())]
+            await asyncio.wait(waits, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        left = list(self.sessions)
+        for session in left:
+            if session.closing == "shutdown":
+                session.closing = "shutdown_timeout"
+            if session.transport is not None and not session.transport.is_disconnected:
+                session.transport.disconnect(graceful=False)  # no flush: the peer may not be reading
+        if left:  # let the disconnect callbacks run (metrics, router)
+            await asyncio.sleep(0)
+        return len(closing), len(left)
 
 
 class GatewaySession(WSListener):
@@ -139,11 +168,27 @@ class GatewaySession(WSListener):
         self.gw.sessions.discard(self)
         self.gw.paused.pop(self, None)
         self.gw.router.unregister(self)
+        if self.gw.drained is not None and not self.gw.sessions:
+            self.gw.drained.set()
 
     # Session protocol used by the router
     def push(self, frame: bytes) -> None:
-        if self.transport is not None and not self.transport.is_disconnected:
+        # nothing after our close frame (RFC 6455 5.5.1): a delivery racing a close is dropped
+        if self.closing is None and self.transport is not None and not self.transport.is_disconnected:
             self.transport.send(WSMsgType.TEXT, frame)
+
+    def going_away(self) -> None:
+        """Graceful stop: close frame 1001; the peer's close reply ends the session (on_ws_frame), and
+        Gateway.shutdown cuts it after the grace otherwise."""
+        if self.closing:  # already on its way out (abuse, replaced, half-open): its own cut applies
+            return
+        self.closing = "shutdown"
+        transport = self.transport
+        if transport is not None and not transport.is_disconnected:
+            try:
+                transport.send_close(WSCloseCode.GOING_AWAY, SHUTDOWN_REASON)
+            except Exception:  # the socket may already be gone; the cut after the grace covers it
+                pass
 
     def replaced(self) -> None:
         self.gw.metrics.count(self.gw.metrics.disconnections, "replaced")
@@ -307,21 +352,61 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
     metrics_server = await _serve_metrics(gw, metrics_host, metrics_port)
     sweeper = asyncio.create_task(gw.sweep_stalled_writers())
     stop = asyncio.Event()
+    cut = asyncio.Event()  # a second signal during the graceful stop: stop waiting for the clients
+    abandon = asyncio.Event()  # a signal while leaving the cluster: exit without finishing that
+    leaving = False
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            cut.set()
+        if leaving:
+            abandon.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        # a child of serve_processes ignores SIGINT (Ctrl-C reaches the whole process group; the parent
+        # forwards one SIGTERM): handling it too would count as the second signal
+        if sig != signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN:
+            loop.add_signal_handler(sig, on_signal)
     watchdog = asyncio.create_task(_watch_deadman(heartbeat_file, deadman_s, stop)) if heartbeat_file else None
     log.info("gateway %s listening on ws://%s:%d/ws, metrics on http://%s:%d/metrics",
              node_id, host, port, metrics_host, metrics_port)
     if ready is not None:
         ready()
     await stop.wait()
+    # Graceful stop: no new connections, close frames to every session and a bounded wait for the replies,
+    # then leave the cluster (etcd lease, Redis entries, Kafka), then exit.
+    server.close()
     sweeper.cancel()
     if watchdog is not None:
         watchdog.cancel()
-    server.close()
-    await gw.router.stop()
+    log.info("gateway %s stopping: closing %d sessions (grace %gs)", node_id, len(gw.sessions),
+             config.shutdown_grace_s)
+    closed, left = await gw.shutdown(config.shutdown_grace_s, cut)
+    if left:
+        log.info("gateway %s: %d of %d sessions did not answer the close frame%s: dropped", node_id, left,
+                 closed, " (second signal)" if cut.is_set() else f" within {config.shutdown_grace_s:g}s")
+    leaving = True
+    if not await _unless(gw.router.stop(), abandon):  # cluster mode: etcd lease, Redis entries, Kafka
+        log.warning("gateway %s: signal while leaving the cluster: exiting now (etcd lease and registry "
+                    "entries expire by their TTLs)", node_id)
     metrics_server.close()
+    log.info("gateway %s stopped", node_id)
+
+
+async def _unless(coro, abandon: asyncio.Event) -> bool:
+    """Run coro to its end unless `abandon` is set first (then cancel it); True when it finished."""
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(abandon.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
 
 
 def serve_processes(processes: int, run_one, metrics_port: int, node_id: str) -> int:
@@ -329,7 +414,8 @@ def serve_processes(processes: int, run_one, metrics_port: int, node_id: str) ->
 
     Process i serves /metrics on metrics_port + i as node `node_id/i`. There is no routing between the
     processes: a `send` reaches only users connected to the same process (echo, ping and connection
-    load are unaffected). SIGTERM/SIGINT stop them all; if one dies, the others are stopped too.
+    load are unaffected). SIGTERM/SIGINT stop them all (each child gets one SIGTERM and stops gracefully;
+    a second signal is forwarded too and cuts their grace); if one dies, the others are stopped too.
     Returns the exit code (0, or the first failed process's code).
     """
     children: dict[int, int] = {}
