@@ -21,6 +21,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_free_ports(avoid: int = 0) -> int:
+    """A port p with p + 1 free too (a --processes 2 gateway serves metrics on p and p + 1)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if p >= 65535 or avoid in (p, p + 1):
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+                return p
+    raise RuntimeError("no two consecutive free ports")
+
+
 class RunningGateway:
     def __init__(self, proc, port, metrics_port, token):
         self.proc, self.port, self.metrics_port, self.token = proc, port, metrics_port, token

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import TOKEN, start_gateway
+from conftest import TOKEN, start_gateway, two_free_ports
 
 
 def url(gw, user):
@@ -347,23 +347,6 @@ def test_processes_2_every_child_closes_its_sessions(tmp_path):
             gw.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
         gw.stop()  # a second SIGTERM: the children cut their grace
-
-
-def two_free_ports() -> int:
-    """A port p with p + 1 free too."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            p = a.getsockname()[1]
-            if p >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", p + 1))
-                except OSError:
-                    continue
-                return p
-    raise RuntimeError("no two consecutive free ports")
 
 
 def metric_text(text, name_prefix):

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from websockets.asyncio.client import connect
 
-from conftest import TOKEN, free_port, run_loadgen, start_gateway
+from conftest import TOKEN, free_port, run_loadgen, start_gateway, two_free_ports
 from loadgen.agent import frames, worker
 from loadgen.agent import histogram as hdr
 from loadgen.agent.interval import Interval
@@ -150,9 +150,8 @@ def _metrics(port):
 
 
 def test_gateway_processes_share_the_port_and_stop_together(tmp_path):
-    port, mport = free_port(), free_port()
-    while mport + 1 == port or not _port_free(mport + 1):
-        mport = free_port()
+    port = free_port()
+    mport = two_free_ports(avoid=port)
     log = open(tmp_path / "gw.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "loadgen", "gateway", "--port", str(port), "--metrics-port",
                              str(mport), "--processes", "2", "--node-id", "mp"],
@@ -185,7 +184,8 @@ def test_gateway_processes_share_the_port_and_stop_together(tmp_path):
 def test_one_dead_gateway_process_stops_the_others(tmp_path):
     import psutil
 
-    port, mport = free_port(), free_port()
+    port = free_port()
+    mport = two_free_ports(avoid=port)
     proc = subprocess.Popen([sys.executable, "-m", "loadgen", "gateway", "--port", str(port), "--metrics-port",
                              str(mport), "--processes", "2"], env={**os.environ, "AUTH_TOKEN": TOKEN},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -210,17 +210,6 @@ def test_gateway_processes_refuse_a_bad_count():
 
 def _active(text):
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("im_gateway_active_connections"))
-
-
-def _port_free(port):
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _wait_listening(*ports):

@@ -230,8 +230,10 @@ class ClusterTest:
             host = self.hosts.get(name)
             pidfile = host.vars.get("_gateway_pidfile") if host else None
             if pidfile:
-                host.run(f"P=$(cat {pidfile}) && kill -TERM $P; for i in $(seq 50); do kill -0 $P 2>/dev/null || exit 0; "
-                         f"sleep 0.1; done; kill -KILL $P", timeout=15)
+                # SIGTERM: the gateway closes its sessions (server.shutdown_grace, 2 s by default) and
+                # leaves the cluster; KILL only if it has not exited in 15 s
+                host.run(f"P=$(cat {pidfile}) && kill -TERM $P; for i in $(seq 150); do kill -0 $P 2>/dev/null || exit 0; "
+                         f"sleep 0.1; done; kill -KILL $P", timeout=25)
                 wd = os.path.dirname(pidfile)
                 os.makedirs(os.path.join(self.run_dir, "gateways", name), exist_ok=True)
                 try:
