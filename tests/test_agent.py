@@ -200,3 +200,90 @@ def test_gateway_closing_on_us_is_a_disconnect_by_gateway_and_no_reconnect_is_ho
         assert summary(out)["connections"]["attempted"] == 10
     finally:
         gw.stop()
+
+
+# --- planned close with a quiet period (--close-quiesce), without sockets ---------------------------
+class FakeTransport:
+    def __init__(self):
+        self.texts, self.closes = [], []
+        self.request = self.response = None
+
+    def send(self, kind, data):
+        self.texts.append(data)
+
+    def send_close(self, code):
+        self.closes.append(code)
+
+    def disconnect(self):
+        pass
+
+
+def quiesce_worker(quiesce_s: float, mode: str = "peer", n: int = 8):
+    """A worker with n open connections (fake transports), every send due."""
+    from types import SimpleNamespace
+
+    from loadgen.agent import worker as wk
+    from loadgen.plan.stages import Profile, Stage
+
+    plan = SimpleNamespace(profile=Profile([Stage(10, n)]), workers=1, agent_id="t", endpoints=[("127.0.0.1", 1)],
+                           path="/ws", closed_loop=False, message_size=16, token=TOKEN, rate=10.0, heartbeat_s=30.0,
+                           pairing="same-node", mode=mode, close_quiesce_s=quiesce_s, local_ips=None,
+                           max_connecting=256, reconnect="backoff", backoff_base_s=0.5, backoff_cap_s=30.0)
+    w = wk.Worker(plan, 0, lambda msg: None)
+    for slot in range(n):
+        conn = wk.Conn(w, slot)
+        conn.transport = FakeTransport()
+        w.conns[slot], w.state[slot] = conn, wk.OPEN
+        w.active += 1
+        w.sends.add(slot, 0)
+    w.high = n
+    return w
+
+
+def test_ramp_down_quiesces_the_pair_then_closes_exactly_as_many():
+    import asyncio
+
+    from loadgen.agent import worker as wk
+
+    async def go():
+        w = quiesce_worker(60.0)  # the timers never fire here: the test ends the quiet periods itself
+        w.adjust(5, 0)  # ramp-down of 3: the newest slots 7, 6, 5 quiesce; no close frame yet
+        assert set(w.quiescing) == {5, 6, 7} and w.closing == 3 and w.held() == 5
+        assert not any(w.conns[s].transport.closes for s in range(8))
+        w.adjust(5, 0)  # quiescing slots are not held: nothing more to close or open
+        assert set(w.quiescing) == {5, 6, 7} and w.connecting == 0 and w.held() == 5
+        w.fire_sends(2_000_000_000)  # every slot is due
+        sent = {s for s in range(8) if w.conns[s].transport.texts}
+        assert sent == {0, 1, 2, 3}  # 5-7 quiesce; 4 does not send to its quiescing partner 5
+        assert w.iv.msgs_skipped >= 1
+        # the gateway drops slot 6 during its quiet period: a drop, but the slot was leaving (IDLE, not DOWN)
+        conn6 = w.conns[6]
+        conn6.closed_by_gateway = True
+        w.on_disconnected(conn6)
+        assert w.iv.disconnects == 1 and w.iv.disc_by_gateway == 1 and not w.down
+        assert w.state[6] == wk.IDLE and w.closing == 2 and w.held() == 5
+        w._quiesced(6, conn6)  # its timer finds nothing to close
+        assert not conn6.transport.closes
+        for s in (5, 7):  # the quiet period ends: close frames
+            w._quiesced(s, w.conns[s])
+            assert w.conns[s].planned and w.conns[s].transport.closes == [wk.WSCloseCode.OK]
+        assert not w.quiescing and w.closing == 2 and w.held() == 5
+        for s in (5, 7):  # the gateway's close replies
+            w.on_disconnected(w.conns[s])
+        assert w.iv.closes == 2 and w.closing == 0 and w.active == 5 and w.held() == 5
+        w.adjust(5, 0)
+        assert w.connecting == 0 and not w.quiescing
+
+    asyncio.run(go())
+
+
+def test_no_quiet_period_with_close_quiesce_0_or_in_echo_mode():
+    import asyncio
+
+    async def go():
+        for w in (quiesce_worker(0.0), quiesce_worker(1.0, mode="echo")):
+            w.adjust(5, 0)
+            assert not w.quiescing and w.closing == 3
+            assert [s for s in range(8) if w.conns[s].transport.closes] == [5, 6, 7]
+
+    asyncio.run(go())

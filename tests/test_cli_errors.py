@@ -30,6 +30,9 @@ CASES = [
     (["run", "throughput", "--vus", "40000", "--duration", "5s", "--workers", "1"], 2, "workers"),
     (["run", "throughput", "--vus", "300000", "--duration", "5s", "--workers", "64"], 2, "ephemeral ports"),
     (["run", "throughput", "--bogus-flag"], 2, "unrecognized"),
+    (["run", "throughput", "--vus", "5", "--duration", "5s", "--close-quiesce", "soon"], 2, "--close-quiesce"),
+    (["run", "throughput", "--vus", "5", "--duration", "5s", "--close-quiesce=-1s"], 2, "--close-quiesce '-1s'"),
+    (["run", "throughput", "--vus", "5", "--duration", "5s", "--close-quiesce", "2m"], 2, "--close-quiesce must be at most"),
     (["gateway", "--port", "99999"], 2, "--port"),
 ]
 

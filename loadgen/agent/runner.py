@@ -294,7 +294,7 @@ class Agent:
         self._active = 0
         active_by_worker: dict[int, int] = {}
         start_at = plan.start_at or time.time()
-        hard_deadline = start_at + plan.profile.total_s + plan.drain_s + 30 + plan.workers
+        hard_deadline = start_at + plan.profile.total_s + plan.drain_s + plan.close_quiesce_s + 30 + plan.workers
         progress = Progress(plan, sys.stderr)
         stopped_sent = False
         last_flush = 0.0
@@ -343,7 +343,7 @@ class Agent:
                         if p.is_alive():
                             os.kill(p.pid, signal.SIGTERM)
                     stopped_sent = True
-                    stop_deadline = now + plan.drain_s + 5
+                    stop_deadline = now + plan.drain_s + plan.close_quiesce_s + 5
                 if stopped_sent and now > stop_deadline:
                     for conn, p in list(pipes.items()):
                         if p.is_alive():

@@ -249,7 +249,12 @@ class Worker:
         self.high = 0
         self.down: set[int] = set()
         self.active = 0
-        self.closing = 0  # planned closes waiting for the gateway's close reply
+        self.closing = 0  # planned closes: quiescing, or waiting for the gateway's close reply
+        # Peer mode: a planned close first quiesces the pair for this long (neither sends to the other), so
+        # messages in flight to the closing user (through Kafka, on a gateway cluster) reach it first.
+        self.quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) \
+            if plan.mode == "peer" and not self.closed_loop else 0
+        self.quiescing: dict[int, Conn] = {}  # slot -> its connection, in its quiet period before the close frame
         self.connecting = 0
         self.body = frames.make_body(plan.message_size)
         self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
@@ -309,6 +314,7 @@ class Worker:
         self.conns[slot] = None
         self.active -= 1
         self.iv.session.record((now - conn.established_ns) // 1000)
+        quiescing = self.quiescing.pop(slot, None) is not None
         if conn.planned:
             self.closing -= 1
             self.iv.closes += 1
@@ -321,7 +327,13 @@ class Worker:
                 self.iv.disc_by_gateway += 1
             else:
                 self.iv.disc_lost += 1
-            self._mark_down(slot, now)
+            if quiescing:  # dropped in its quiet period: counted as a drop, but it was leaving anyway
+                self.closing -= 1
+                self.state[slot] = IDLE
+                self.sends.remove(slot)
+                heapq.heappush(self.idle, slot)
+            else:
+                self._mark_down(slot, now)
 
     def _mark_down(self, slot: int, now_ns: int) -> None:
         """A dropped or failed slot waits out its jittered backoff (or for good, with --reconnect none)."""
@@ -371,20 +383,38 @@ class Worker:
         elif slot not in self.sends and self.sending:
             self.sends.add(slot, now)
         if self.stopping:
-            self._close(slot)
+            self._close(slot, 0)  # opened after the stop: nobody has sent to it
 
-    def _close(self, slot: int) -> None:
-        """Planned close handshake: messages already on their way arrive before the gateway's close reply."""
+    def _close(self, slot: int, quiet_ns: int | None = None) -> None:
+        """Planned close. First the quiet period (quiet_ns, default the plan's --close-quiesce; peer mode):
+        the slot stops sending and its partner stops sending to it (fire_sends), so messages in flight to
+        it arrive while it is still connected; then the close handshake: messages already on their way
+        arrive before the gateway's close reply. A quiescing slot counts in `closing` (not held)."""
         conn = self.conns[slot]
-        if conn is None or conn.transport is None or conn.planned:
+        if conn is None or conn.transport is None or conn.planned or slot in self.quiescing:
             return
-        conn.planned = True
         self.closing += 1
+        quiet_ns = self.quiesce_ns if quiet_ns is None else quiet_ns
+        if quiet_ns > 0:
+            self.quiescing[slot] = conn
+            asyncio.get_running_loop().call_later(quiet_ns / 1e9, self._quiesced, slot, conn)
+        else:
+            self._send_close(conn)
+
+    def _quiesced(self, slot: int, conn: Conn) -> None:
+        """The quiet period is over: the close handshake (unless the connection went meanwhile)."""
+        if self.quiescing.get(slot) is conn:
+            del self.quiescing[slot]
+            self._send_close(conn)
+
+    def _send_close(self, conn: Conn) -> None:
+        conn.planned = True
         conn.transport.send_close(WSCloseCode.OK)
         asyncio.get_running_loop().call_later(CLOSE_WAIT_S, conn.transport.disconnect)
 
     def held(self) -> int:
-        """Connections that count toward the target: open (not closing), connecting, or waiting to reconnect."""
+        """Connections that count toward the target: open (not closing or quiescing), connecting, or waiting
+        to reconnect."""
         return self.active - self.closing + self.connecting + len(self.down)
 
     def adjust(self, target: int, now_ns: int) -> None:
@@ -422,7 +452,7 @@ class Worker:
                 excess -= 1
             slot = self.high - 1
             while excess > 0 and slot >= 0:
-                if self.state[slot] == OPEN and not self.conns[slot].planned:
+                if self.state[slot] == OPEN and not self.conns[slot].planned and slot not in self.quiescing:
                     self._close(slot)
                     excess -= 1
                 slot -= 1
@@ -432,16 +462,17 @@ class Worker:
         iv, state, conns, body = self.iv, self.state, self.conns, self.body
         peer_mode = self.plan.mode == "peer"
         n = self.n
+        quiescing = self.quiescing
         for slot, scheduled in self.sends.due(now_ns):
             if state[slot] != OPEN:
                 iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
                 continue
-            if conns[slot].planned:
+            if conns[slot].planned or slot in quiescing:
                 continue  # closing as planned: its schedule ends here
             self.seq += 1
             if peer_mode:
                 peer = slot ^ 1 if (slot ^ 1) < n else slot
-                if state[peer] != OPEN or conns[peer].planned:
+                if state[peer] != OPEN or conns[peer].planned or peer in quiescing:
                     iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
                     continue
                 data = frames.send_frame((self.uid_prefix + str(peer)).encode(), self.seq, scheduled, body)
@@ -540,10 +571,12 @@ class Worker:
                 self.flush(t0, "drain", 0)
                 next_flush += 1_000_000_000
         self.stopping = True
+        # quiesce only when the drain ended with messages still in flight (else there is nothing to wait for)
+        quiet_ns = self.quiesce_ns if self.totals_received + self.totals_errors < self.totals_sent else 0
         for slot in range(self.high):
             if self.state[slot] == OPEN:
-                self._close(slot)
-        close_deadline = time.monotonic_ns() + 2_000_000_000
+                self._close(slot, quiet_ns)
+        close_deadline = time.monotonic_ns() + self.quiesce_ns + 2_000_000_000  # quiet periods under way too
         while (self.active or self.connecting) and time.monotonic_ns() < close_deadline:
             await asyncio.sleep(0.02)
         for slot in range(self.high):  # sessions of connections that did not close in time
@@ -551,7 +584,8 @@ class Worker:
             if self.state[slot] == OPEN and conn is not None:
                 if not conn.planned:
                     conn.planned = True
-                    self.closing += 1
+                    if self.quiescing.pop(slot, None) is None:  # a quiescing one is in `closing` already
+                        self.closing += 1
                 self.on_disconnected(conn)
         self.flush(t0, "drain", 0)
         self.emit(("done", self.index))

@@ -19,6 +19,7 @@ SCENARIOS = ("connection", "throughput", "cluster")
 ENV_KEYS = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_HOSTS", "AUTH_TOKEN", "MESSAGE_SIZE")
 MAX_VUS = 10_000_000
 MAX_MESSAGE_SIZE = 1_048_576
+MAX_CLOSE_QUIESCE_S = 60.0
 
 # Scenario defaults from the spec: (vus, duration, rate msgs/s per user, default stages, message target)
 DEFAULTS = {
@@ -52,6 +53,7 @@ class RunPlan:
     connect_timeout_s: float = 10.0
     max_connecting: int = 256
     drain_s: float = 3.0
+    close_quiesce_s: float = 1.0  # peer mode: a planned close first stops the pair's sends for this long
     heartbeat_file: str | None = None
     deadman_s: float = 60.0
     gateway_metrics: list[str] = field(default_factory=list)
@@ -208,6 +210,9 @@ def build_plan(args) -> RunPlan:
     heartbeat = parse_duration(args.heartbeat_interval, "--heartbeat-interval")
     if heartbeat <= 0:
         raise UsageError("--heartbeat-interval must be longer than 0s")
+    close_quiesce = parse_duration(getattr(args, "close_quiesce", "1s"), "--close-quiesce")
+    if close_quiesce > MAX_CLOSE_QUIESCE_S:
+        raise UsageError(f"--close-quiesce must be at most {MAX_CLOSE_QUIESCE_S:g}s (got {close_quiesce:g}s)")
     return RunPlan(
         scenario=args.scenario,
         profile=profile,
@@ -234,4 +239,5 @@ def build_plan(args) -> RunPlan:
         backoff_cap_s=parse_duration(args.backoff_cap, "--backoff-cap"),
         quiet=args.quiet,
         closed_loop=closed_loop,
+        close_quiesce_s=close_quiesce,
     )
