@@ -13,7 +13,9 @@ from typing import Protocol
 class Session(Protocol):
     user: str
 
-    def push(self, frame: bytes) -> None: ...
+    def push(self, frame: bytes) -> bool:
+        """False: dropped, the session is closing (the gateway's close frame is out, or the socket is gone)."""
+        ...
 
     def replaced(self) -> None: ...
 

@@ -172,10 +172,13 @@ class GatewaySession(WSListener):
             self.gw.drained.set()
 
     # Session protocol used by the router
-    def push(self, frame: bytes) -> None:
+    def push(self, frame: bytes) -> bool:
+        """Write a frame to the client; False when it was dropped because the session is on its way out."""
         # nothing after our close frame (RFC 6455 5.5.1): a delivery racing a close is dropped
         if self.closing is None and self.transport is not None and not self.transport.is_disconnected:
             self.transport.send(WSMsgType.TEXT, frame)
+            return True
+        return False
 
     def going_away(self) -> None:
         """Graceful stop: close frame 1001; the peer's close reply ends the session (on_ws_frame), and

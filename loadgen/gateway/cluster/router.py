@@ -181,10 +181,11 @@ class ClusterRouter(LocalRouter):
                 self.unregister(session)  # its entry belongs to the other node now: no delete
                 session.replaced()
             return
-        if session is None:
-            self._error("remote_unknown_recipient")  # acked to the sender, but the user left meanwhile
+        if session is None or not session.push(value):
+            # Acked to the sender (the brokers had it), but the user left meanwhile (logged out, dropped, or
+            # its session here is closing): undeliverable, counted so the operator sees it.
+            self._error("remote_unknown_recipient")
             return
-        session.push(value)
         self.deliveries["remote"] += 1
         m = self.metrics
         m.messages_sent += 1
