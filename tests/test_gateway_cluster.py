@@ -454,3 +454,31 @@ def test_fab_cluster_test_in_cluster_mode_routes_every_message_across_nodes(back
     lat = summary["latency_ms"]
     print(f"\ncross-node routing latency (2 agents -> 2 gateways via Kafka): p50 {lat['p50']:.1f} ms, "
           f"p99 {lat['p99']:.1f} ms over {msgs['received']} messages", file=sys.stderr)
+
+
+@pytest.mark.parametrize("quiesce", ["1s", "0"])
+def test_ramp_down_across_nodes_loses_no_message_when_the_agent_quiesces(backends, pair, tmp_path, quiesce):
+    """A ramp-down closes users while messages to them are in Kafka. With the quiet period (the default)
+    none is lost; without it (--close-quiesce 0) some may be, and the owning node counts each of them."""
+    a, b = pair
+    out = tmp_path / "out"
+    r = run_loadgen("run", "cluster", "--stage", "3s:200", "--stage", "5s:200", "--stage", "2s:0", "--rate", "5",
+                    "--workers", "1", "--pairing", "cross-node", "--gateways", f"127.0.0.1:{a.port},127.0.0.1:{b.port}",
+                    "--close-quiesce", quiesce, "--heartbeat-interval", "1s", "--out", str(out),
+                    "--criterion", "message_p99_ms=off", "--criterion", "message_success_rate=off", timeout=120)
+    assert r.returncode in (0, 99), r.stdout[-3000:] + r.stderr[-3000:]
+    m = json.loads((out / "summary.json").read_text())["messages"]
+    assert m["sent"] > 1000 and m["received"] + m["errors"] + m["lost"] == m["sent"], m
+    if quiesce != "0":
+        assert m["lost"] == 0 and m["received"] + m["errors"] == m["sent"], m
+
+    def errors(*kinds):
+        return sum(float(line.rsplit(" ", 1)[1]) for g in pair for line in g.metrics().splitlines()
+                   if line.startswith("im_gateway_errors_total{") and any(f'kind="{k}"' in line for k in kinds))
+
+    # every message the agent did not get was refused by the sender's node or found undeliverable by the owner's
+    wait_for(lambda: errors("unknown_recipient", "remote_unknown_recipient", "route_failed") == m["errors"] + m["lost"],
+             10, f"the nodes to count exactly the {m['errors'] + m['lost']} refused or lost messages")
+    undeliverable = errors("remote_unknown_recipient")
+    print(f"\n--close-quiesce {quiesce}: sent {m['sent']}, lost {m['lost']}, errors {m['errors']}, "
+          f"remote_unknown_recipient {undeliverable:g}", file=sys.stderr)
