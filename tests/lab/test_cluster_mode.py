@@ -115,8 +115,7 @@ def fab_cluster_test(cfg: LabConfig, reports: Path, stages: list[str], rate: flo
     args = [_tool("fab"), "-r", str(REPO), "cluster-test", "-i", str(cfg.inventory_dir), "--scenario", "cluster",
             "--reports-dir", str(reports), "--rate", str(rate), "--probe-interval", "2",
             # latency and success rate are measured and reported; their verdict belongs to the hardware (here:
-            # 7 containers, 3 JVM brokers on 2 shared cores: messages still in flight when a ramp-down closes their
-            # recipient are lost), routing correctness and the accounting to these tests
+            # 7 containers, 3 JVM brokers on 2 shared cores), routing correctness and the accounting to these tests
             "--criterion", "message_p99_ms=off", "--criterion", "message_success_rate=off"]
     for s in stages:
         args += ["--stage", s]
@@ -188,15 +187,16 @@ def test_both_nodes_in_etcd_and_topics_with_replication_factor_3(lab):
 @pytest.mark.timeout(900)
 def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, tmp_path):
     before = {gw: metrics(gw) for gw in GATEWAYS}
-    # no ramp-down stage: the agents' own end-of-run drain lets messages still in Kafka arrive before the
-    # recipients disconnect (a ramp-down closes recipients with messages in flight: lost, not counted anywhere)
-    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "25s:400"])
+    # with a ramp-down: the agents quiesce each pair before closing it (--close-quiesce, 1 s by default), so
+    # messages still in Kafka reach their recipients (without it 0.14 % were lost here in one run)
+    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "25s:400", "3s:0"])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     run_dir = only_run(tmp_path / "reports")
     msgs = agent_messages(run_dir)
     assert msgs["sent"] > 15_000 and msgs["received"] + msgs["errors"] + msgs["lost"] == msgs["sent"], msgs
     assert msgs["errors"] + msgs["lost"] <= 0.03 * msgs["sent"], msgs
+    assert msgs["lost"] <= 0.0002 * msgs["sent"], msgs  # a ramp-down loses nothing in flight (a Kafka stall > 1 s could)
     delta = {}
     for gw in GATEWAYS:
         after = metrics(gw)
