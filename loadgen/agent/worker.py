@@ -441,11 +441,14 @@ class Worker:
             if rows:
                 self.emit(("pairs", rows))
 
-    async def run(self) -> None:
+    async def run(self, own_process: bool = True) -> None:
+        """own_process: a forked worker (stops on SIGTERM/SIGINT and when the agent process dies);
+        False: worker 0 inside the agent process, whose supervisor handles signals and calls _stop."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop)
-        parent = os.getppid()
+        if own_process:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop)
+        parent = os.getppid() if own_process else None
         if self.plan.start_at:
             delay = self.plan.start_at - time.time()
             if delay > 0:
@@ -468,7 +471,7 @@ class Worker:
             if now >= next_flush:
                 self.flush(t0, phase, target)
                 next_flush += 1_000_000_000
-                if os.getppid() != parent:
+                if parent is not None and os.getppid() != parent:
                     self.stopping = True  # the agent process died: never run load unattended
             nxt = min(next_flush, now + int(TICK_S * 1e9))
             due = self.sends.next_due_ns()
