@@ -11,7 +11,6 @@ import asyncio
 import csv
 import gc
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -401,8 +400,11 @@ class Agent:
         self._wake = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._signal)
-        ctx = multiprocessing.get_context("fork")
         self.pipes = {}
+        if plan.workers > 1:
+            import multiprocessing  # only for workers 1..N-1
+
+            ctx = multiprocessing.get_context("fork")
         for i in range(1, plan.workers):
             if plan.profile.share(i, plan.workers) is None:
                 continue
