@@ -279,7 +279,7 @@ class Agent:
                   "active": self._active, "sent": c["msgs_sent"], "received": c["msgs_received"],
                   "errors": c["msgs_errors"] + c["msgs_send_failed"],
                   "connect_failed": sum(v for k, v in c.items() if k.startswith("fail_")),
-                  "p99_ms": hdr.percentiles_ms(totals.latency)["p99"], "stopped_by": self.stop_reason}
+                  "p99_ms": hdr.percentile_ms(totals.latency, 99), "stopped_by": self.stop_reason}
         tmp = os.path.join(self.out, ".status.json.tmp")
         with open(tmp, "w") as f:
             json.dump(status, f)
@@ -491,7 +491,7 @@ class Progress:
         if self.last_t is not None and elapsed > self.last_t:
             rate = (c["msgs_received"] - self.last_received) / (elapsed - self.last_t)
         self.last_received, self.last_t = c["msgs_received"], elapsed
-        p99 = hdr.percentiles_ms(totals.latency)["p99"]
+        p99 = hdr.percentile_ms(totals.latency, 99)
         failed = sum(v for k, v in c.items() if k.startswith("fail_"))
         text = (f"\r[{max(0.0, elapsed):6.0f}/{self.total:.0f}s] conns {active:>7,}  fail {failed:,}  "
                 f"msgs/s {rate:>8,.0f}  errors {c['msgs_errors'] + c['msgs_send_failed']:,}  "
