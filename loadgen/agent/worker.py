@@ -1,4 +1,5 @@
-"""One agent worker: a process with its own event loop holding its share of the connections.
+"""One agent worker: an event loop holding its share of the connections (worker 0 in the agent process,
+workers 1..N-1 forked).
 
 Connections are picows listeners (callbacks, no task per idle connection). The control loop
 keeps the open count on the profile's target, fires scheduled sends and heartbeats, and every
