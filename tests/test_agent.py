@@ -287,3 +287,93 @@ def test_no_quiet_period_with_close_quiesce_0_or_in_echo_mode():
             assert [s for s in range(8) if w.conns[s].transport.closes] == [5, 6, 7]
 
     asyncio.run(go())
+
+
+def _start_agent(gateway, out, workers, duration="30s"):
+    env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+    return subprocess.Popen([sys.executable, "-m", "loadgen", "run", "throughput", "--vus", "10", "--rate", "5",
+                             "--duration", duration, "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(out),
+                             "--workers", str(workers), "--quiet"], env={**env, "AUTH_TOKEN": TOKEN},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_all_open(proc, out, n=10, timeout=30):
+    """Until status.json shows all n connections open (the agent writes it every second)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            status = json.loads((out / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("state") == "running" and status.get("active") == n:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"agent did not open {n} connections: {proc.poll()}")
+
+
+def _children(pid):
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def test_one_worker_agent_is_one_process_and_sigterm_ends_with_a_summary(gateway, tmp_path):
+    out = tmp_path / "one"
+    proc = _start_agent(gateway, out, 1)
+    try:
+        status = _wait_all_open(proc, out)
+        assert _children(proc.pid) == []  # worker 0 runs inside the agent process
+        assert status["pid"] == proc.pid and status["workers_alive"] == 1
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, 99), stderr
+    s = summary(out)
+    assert s["stopped_by"] == "SIGTERM" and s["complete"] is False and s["workers_dead"] == []
+    assert s["connections"]["established"] == 10 and s["messages"]["sent"] > 0
+    assert s["messages"]["received"] == s["messages"]["sent"]  # drained before closing
+    assert sum(int(r["msgs_sent"]) for r in read_rows(out)) == s["messages"]["sent"]
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+    assert "Traceback" not in stderr
+
+
+def test_sigint_stops_every_worker_and_keeps_their_data(gateway, tmp_path):
+    out = tmp_path / "int"
+    proc = _start_agent(gateway, out, 2)
+    try:
+        _wait_all_open(proc, out)
+        assert len(_children(proc.pid)) == 1  # worker 0 in the agent process, worker 1 forked
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, 99), stderr
+    s = summary(out)
+    assert s["stopped_by"] == "SIGINT" and s["workers_dead"] == [] and s["complete"] is False
+    rows = read_rows(out)
+    assert {r["worker"] for r in rows} == {"0", "1"}
+    assert {r["worker"] for r in rows if r["phase"] == "drain"} == {"0", "1"}  # both drained
+    assert s["messages"]["received"] == s["messages"]["sent"] > 0
+    assert "Traceback" not in stderr
+
+
+def test_killed_forked_worker_is_reported_dead_and_the_others_data_kept(gateway, tmp_path):
+    out = tmp_path / "dead"
+    proc = _start_agent(gateway, out, 2, duration="6s")
+    try:
+        _wait_all_open(proc, out)
+        (child,) = _children(proc.pid)
+        child.kill()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "1 worker(s) died" in stderr and "Traceback" not in stderr
+    s = summary(out)
+    assert s["workers_dead"] == [1] and s["complete"] is False and s["stopped_by"] is None
+    rows = read_rows(out)
+    w0 = [r for r in rows if r["worker"] == "0"]
+    assert [r for r in w0 if r["phase"] == "drain"]  # worker 0 ran to its planned end
+    assert sum(int(r["msgs_sent"]) for r in rows) == s["messages"]["sent"]
+    assert s["connections"]["established"] == 10

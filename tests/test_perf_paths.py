@@ -52,6 +52,16 @@ def test_recorder_index_math_matches_hdrhistogram_everywhere():
         assert hdr.counts_index(v) == v
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 10**9), max_size=300))
+def test_live_p99_equals_the_summary_p99(values):
+    """status.json's p99 (one percentile, no mean) is the summary's p99."""
+    h = hdr.new_histogram()
+    for v in values:
+        hdr.record_us(h, v)
+    assert hdr.percentile_ms(h, 99) == hdr.percentiles_ms(h)["p99"]
+
+
 def test_empty_recorder_is_an_empty_cell():
     assert hdr.encode(hdr.Recorder()) == ""
 

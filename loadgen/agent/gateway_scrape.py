@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
-
-from loadgen.gateway.metrics import parse_exposition
 
 COLUMNS = ("ts", "url", "active_connections", "rss_bytes", "cpu_seconds", "open_fds", "max_fds",
            "messages_sent_total", "errors_total")
 
 
 def sample(url: str, timeout: float = 2.0) -> dict | None:
+    # imported here: urllib.request (http.client, email) and psutil (via the metrics module) cost the
+    # agent ~2.5 MB, needed only with --gateway-metrics
+    import urllib.request
+
+    from loadgen.gateway.metrics import parse_exposition
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (operator-given URL)
             flat = parse_exposition(resp.read().decode())

@@ -106,6 +106,12 @@ def decode(encoded: str) -> HdrHistogram:
     return hist
 
 
+def percentile_ms(hist: HdrHistogram, p: float) -> float | None:
+    """One percentile (as percentiles_ms gives it), for the live status: ~1 ms, where the mean that
+    percentiles_ms also computes walks every bucket in Python (~70 ms)."""
+    return hist.get_value_at_percentile(p) / 1000.0 if hist.get_total_count() else None
+
+
 def percentiles_ms(hist: HdrHistogram, points=(50, 95, 99)) -> dict:
     """{'p50': ms, ..., 'min', 'max', 'mean', 'count'}; None values for an empty histogram."""
     count = hist.get_total_count()

@@ -10,20 +10,31 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import multiprocessing
 import os
 import signal
 import sys
 import time
-from multiprocessing.connection import wait
 
 from loadgen import __version__, deadman
 from loadgen.agent import gateway_scrape, pairs
 from loadgen.agent import histogram as hdr
 from loadgen.agent.interval import COLUMNS, COUNTERS
-from loadgen.agent.worker import classify_connect_error, worker_main
+from loadgen.agent.worker import Worker, classify_connect_error, tune_gc, worker_main
 from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
 from loadgen.plan import criteria as crit
+
+
+def event_loop_runner():
+    try:
+        import uvloop
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
+
+
+def conn_name(proc) -> str:
+    """The worker index of a forked worker's process."""
+    return proc.name.rsplit("-", 1)[1]
 
 
 def prepare_out_dir(path: str) -> None:
@@ -246,14 +257,20 @@ class Outputs:
 
 
 class Agent:
+    """The agent process. Worker 0 runs inside it, on the same event loop as the supervisor (rows ->
+    CSV, status.json, progress, deadman, deadline, signals, dead workers); workers 1..N-1 are forked
+    and report over pipes. A one-worker agent is one process: its memory is not counted twice."""
+
     def __init__(self, plan) -> None:
         self.plan = plan
         self.out = plan.out_dir
         self.stop_reason = None
         self.gateway_rows: list[dict] = []
 
-    def _signal(self, signum, _frame) -> None:
+    def _signal(self, signum, _frame=None) -> None:
         self.stop_reason = self.stop_reason or signal.Signals(signum).name
+        if self._wake is not None:
+            self._wake.set()
 
     def _write_status(self, state: str, totals: Totals, alive: int) -> None:
         c = totals.counts
@@ -261,96 +278,164 @@ class Agent:
                   "active": self._active, "sent": c["msgs_sent"], "received": c["msgs_received"],
                   "errors": c["msgs_errors"] + c["msgs_send_failed"],
                   "connect_failed": sum(v for k, v in c.items() if k.startswith("fail_")),
-                  "p99_ms": hdr.percentiles_ms(totals.latency)["p99"], "stopped_by": self.stop_reason}
+                  "p99_ms": hdr.percentile_ms(totals.latency, 99), "stopped_by": self.stop_reason}
         tmp = os.path.join(self.out, ".status.json.tmp")
         with open(tmp, "w") as f:
             json.dump(status, f)
         os.replace(tmp, os.path.join(self.out, "status.json"))
 
+    # --- messages from workers (worker 0 calls this directly, forked workers through their pipes) -------
+    def _receive(self, msg) -> None:
+        kind = msg[0]
+        if kind == "row":
+            row = msg[1]
+            self.outputs.row(row)
+            self.totals.add(row)
+            self.active_by_worker[row["worker"]] = row["active"]
+            self._active = sum(self.active_by_worker.values())
+        elif kind == "pairs":
+            self.outputs.pair_rows_add(msg[1])
+        elif kind == "started":
+            self.starts[msg[1]] = msg[2]
+        elif kind == "done":
+            self.done.add(msg[1])
+        elif kind == "error":
+            self.errors.append(msg[2])
+
+    def _readable(self, conn) -> None:
+        """A forked worker's pipe is readable: take every whole message; EOF means the worker ended."""
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                self._forget(conn)
+                idx = int(conn_name(self.pipes.pop(conn)))
+                if idx not in self.done:
+                    self.dead.add(idx)
+                self._wake.set()
+                return
+            self._receive(msg)
+            if not conn.poll():
+                return
+
+    def _forget(self, conn) -> None:
+        asyncio.get_running_loop().remove_reader(conn.fileno())
+        self.pipes[conn].join(1)
+
+    async def _run_local(self, worker) -> None:
+        try:
+            await worker.run(own_process=False)
+        except Exception as exc:  # as a forked worker's crash: reported, the others go on
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.dead.add(0)
+        finally:
+            self._wake.set()
+
+    def _tick(self, now: float) -> None:
+        plan = self.plan
+        if now - self.last_flush >= 1.0:  # at most the last second is lost if we are killed
+            self.outputs.flush(self.gateway_rows)
+            alive = len(self.pipes) + (self.local is not None and not self.local.done())
+            if self.outputs.error and self.stop_reason is None:
+                self.stop_reason = "output_error"
+            else:
+                self.outputs.guard(self._write_status, "running" if self.starts else "waiting", self.totals, alive)
+            self.progress.show(self.totals, self._active, now - self.start_at)
+            self.last_flush = now
+            if self.stop_reason is None and deadman.expired(plan.heartbeat_file, plan.deadman_s):
+                self.stop_reason = "deadman"
+            if self.stop_reason is None and now > self.hard_deadline:
+                self.stop_reason = "deadline"
+        if self.stop_reason and self.stop_deadline is None:
+            for p in self.pipes.values():
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGTERM)
+            if self.local_worker is not None:
+                self.local_worker._stop()
+            self.stop_deadline = now + plan.drain_s + plan.close_quiesce_s + 5
+        if self.stop_deadline is not None and now > self.stop_deadline:
+            for conn, p in list(self.pipes.items()):
+                if p.is_alive():
+                    p.kill()
+                self._forget(conn)
+                self.pipes.pop(conn)
+                self.dead.add(int(conn_name(p)))
+            if self.local is not None and not self.local.done():
+                self.local.cancel()
+                self.dead.add(0)
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signal, sig)
+        for conn in self.pipes:
+            loop.add_reader(conn.fileno(), self._readable, conn)
+        if self.local_worker is not None:
+            self.local = loop.create_task(self._run_local(self.local_worker))
+        try:
+            while self.pipes or (self.local is not None and not self.local.done()):
+                self._tick(time.time())
+                try:
+                    async with asyncio.timeout(0.25):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+            if self.local is not None:
+                try:
+                    await self.local
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, self._signal)
+
     def run(self) -> int:
         plan = self.plan
         prepare_out_dir(self.out)
         preflight(plan)
+        self._wake = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._signal)
-        ctx = multiprocessing.get_context("fork")
-        procs, pipes = [], {}
-        for i in range(plan.workers):
+        self.pipes = {}
+        if plan.workers > 1:
+            import multiprocessing  # only for workers 1..N-1
+
+            ctx = multiprocessing.get_context("fork")
+        for i in range(1, plan.workers):
             if plan.profile.share(i, plan.workers) is None:
                 continue
             parent_end, child_end = ctx.Pipe(duplex=False)
             p = ctx.Process(target=worker_main, args=(plan, i, child_end), name=f"loadgen-worker-{i}", daemon=True)
             p.start()
             child_end.close()
-            procs.append(p)
-            pipes[parent_end] = p
-        outputs = Outputs(self.out, bool(plan.gateway_metrics))
+            self.pipes[parent_end] = p
+        tune_gc()
+        self.local_worker = Worker(plan, 0, self._receive) if plan.profile.share(0, plan.workers) else None
+        self.local = None
+        self.outputs = outputs = Outputs(self.out, bool(plan.gateway_metrics))
         scraper = None
         if plan.gateway_metrics:
             scraper = gateway_scrape.Scraper(plan.gateway_metrics, self.gateway_rows.append)
             scraper.start()
-        totals = Totals()
-        starts, done, dead, errors = {}, set(), set(), []
+        self.totals = totals = Totals()
+        self.starts, self.done, self.dead, self.errors = {}, set(), set(), []
+        starts, dead, errors = self.starts, self.dead, self.errors
         self._active = 0
-        active_by_worker: dict[int, int] = {}
-        start_at = plan.start_at or time.time()
-        hard_deadline = start_at + plan.profile.total_s + plan.drain_s + plan.close_quiesce_s + 30 + plan.workers
-        progress = Progress(plan, sys.stderr)
-        stopped_sent = False
-        last_flush = 0.0
+        self.active_by_worker: dict[int, int] = {}
+        self.start_at = start_at = plan.start_at or time.time()
+        self.hard_deadline = start_at + plan.profile.total_s + plan.drain_s + plan.close_quiesce_s + 30 + plan.workers
+        self.progress = progress = Progress(plan, sys.stderr)
+        self.stop_deadline = None
+        self.last_flush = 0.0
         try:
-            while pipes:
-                for conn in wait(list(pipes), timeout=0.25):
-                    try:
-                        msg = conn.recv()
-                    except (EOFError, OSError):
-                        proc = pipes.pop(conn)
-                        proc.join(1)
-                        idx = int(proc.name.rsplit("-", 1)[1])
-                        if idx not in done:
-                            dead.add(idx)
-                        continue
-                    kind = msg[0]
-                    if kind == "row":
-                        row = msg[1]
-                        outputs.row(row)
-                        totals.add(row)
-                        active_by_worker[row["worker"]] = row["active"]
-                        self._active = sum(active_by_worker.values())
-                    elif kind == "pairs":
-                        outputs.pair_rows_add(msg[1])
-                    elif kind == "started":
-                        starts[msg[1]] = msg[2]
-                    elif kind == "done":
-                        done.add(msg[1])
-                    elif kind == "error":
-                        errors.append(msg[2])
-                now = time.time()
-                if now - last_flush >= 1.0:  # at most the last second is lost if we are killed
-                    outputs.flush(self.gateway_rows)
-                    if outputs.error and self.stop_reason is None:
-                        self.stop_reason = "output_error"
-                    else:
-                        outputs.guard(self._write_status, "running" if starts else "waiting", totals, len(pipes))
-                    progress.show(totals, self._active, now - start_at)
-                    last_flush = now
-                    if self.stop_reason is None and deadman.expired(plan.heartbeat_file, plan.deadman_s):
-                        self.stop_reason = "deadman"
-                    if self.stop_reason is None and now > hard_deadline:
-                        self.stop_reason = "deadline"
-                if self.stop_reason and not stopped_sent:
-                    for p in procs:
-                        if p.is_alive():
-                            os.kill(p.pid, signal.SIGTERM)
-                    stopped_sent = True
-                    stop_deadline = now + plan.drain_s + plan.close_quiesce_s + 5
-                if stopped_sent and now > stop_deadline:
-                    for conn, p in list(pipes.items()):
-                        if p.is_alive():
-                            p.kill()
-                        pipes.pop(conn)
-                        dead.add(int(p.name.rsplit("-", 1)[1]))
+            event_loop_runner()(self._supervise())
         finally:
+            for p in self.pipes.values():  # only after an unexpected error: never leave load running
+                if p.is_alive():
+                    p.kill()
             if scraper is not None:
                 scraper.halt.set()
                 scraper.join(3)
@@ -405,7 +490,7 @@ class Progress:
         if self.last_t is not None and elapsed > self.last_t:
             rate = (c["msgs_received"] - self.last_received) / (elapsed - self.last_t)
         self.last_received, self.last_t = c["msgs_received"], elapsed
-        p99 = hdr.percentiles_ms(totals.latency)["p99"]
+        p99 = hdr.percentile_ms(totals.latency, 99)
         failed = sum(v for k, v in c.items() if k.startswith("fail_"))
         text = (f"\r[{max(0.0, elapsed):6.0f}/{self.total:.0f}s] conns {active:>7,}  fail {failed:,}  "
                 f"msgs/s {rate:>8,.0f}  errors {c['msgs_errors'] + c['msgs_send_failed']:,}  "
