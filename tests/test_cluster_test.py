@@ -118,7 +118,7 @@ def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
     for gen in ("gen1", "gen2"):  # the agent's memory, all its processes, and its connections
         mine = df[df["host"] == gen]
         assert mine[mine["metric"] == "agent_active_connections"]["value"].max() == 100
-        assert mine[mine["metric"] == "agent_rss_bytes"]["value"].min() > 10 * 2**20
+        assert mine[mine["metric"] == "agent_rss_bytes"]["value"].max() > 10 * 2**20
     rows = {r["host"]: r for r in analyze_run(run)["hosts"]["rows"]}
     assert rows["gen1"]["memory_per_connection"] > 0 and rows["gen2"]["agent_rss_bytes_max"] > 10 * 2**20
     # the token never leaves the controller's memory except in mode-600 files
