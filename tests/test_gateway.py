@@ -389,3 +389,23 @@ def test_a_signal_while_leaving_the_cluster_abandons_the_leaving():
         return finished, hung
 
     assert asyncio.run(go()) == (True, False)
+
+
+def test_a_delivery_to_a_closing_session_is_not_a_delivery():
+    from loadgen.gateway.registry import LocalRouter
+
+    class Session:
+        def __init__(self, user, open_):
+            self.user, self.open, self.frames = user, open_, []
+
+        def push(self, frame):
+            if self.open:
+                self.frames.append(frame)
+            return self.open
+
+    router, alive, closing = LocalRouter(), Session("a", True), Session("b", False)
+    router.register(alive)
+    router.register(closing)
+    assert router.deliver("a", b"x") is True and alive.frames == [b"x"]
+    assert router.deliver("b", b"x") is False  # the sender gets an error, not an ack for a dropped frame
+    assert router.deliver("nobody", b"x") is False

@@ -258,3 +258,21 @@ def test_agent_memory_per_connection_per_generator(tmp_path):
         assert rows[gen]["agent_rss_bytes_max"] == pytest.approx(30e6 + peak * AGENT_MEM_PER_CONN, rel=0.02)
     html = open(build_report(path)["report"]).read()
     assert "Agent RSS (all its processes) - generator hosts" in html
+
+
+def test_a_failed_gateway_memory_criterion_fails_the_run(tmp_path):
+    # figures computed with numpy compare to numpy.bool_: a failed one must still fail the verdict
+    path = str(tmp_path / "fat-gateway")
+    make_run(path, [AgentSpec("g", 10, 0.2)], scenario="connection", mem_per_conn=9000)
+    s = build_report(path)
+    row = next(r for r in s["criteria"] if r["name"] == "gateway_memory_per_connection_bytes")
+    assert row["passed"] is False and row["actual"] == pytest.approx(9000, rel=0.02)
+    assert s["status"] == "FAIL" and s["criteria_passed"] is False
+
+
+def test_criteria_verdict_with_numpy_figures():
+    c = crit.Criterion("gateway_memory_per_connection_bytes", "<", 8192.0, "mem")
+    rows, ok = crit.evaluate([c], {"gateway_memory_per_connection_bytes": np.float64(9006.6)})
+    assert rows[0]["passed"] is False and ok is False
+    rows, ok = crit.evaluate([c], {"gateway_memory_per_connection_bytes": np.float64(5000.0)})
+    assert rows[0]["passed"] is True and ok is True

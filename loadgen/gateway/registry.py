@@ -75,11 +75,10 @@ class LocalRouter:
             del self._sessions[session.user]
 
     def deliver(self, to_user: str, frame: bytes) -> bool:
+        """True when the frame was written to the user's session here; False when the user is not here or
+        its session is closing (the sender then hears why, rather than an ack for a dropped frame)."""
         session = self._sessions.get(to_user)
-        if session is None:
-            return False
-        session.push(frame)
-        return True
+        return session is not None and session.push(frame)
 
     def route(self, to_user: str, frame: bytes, done) -> None:
         done(("unknown_recipient", f"user {to_user} is not connected"))

@@ -19,7 +19,8 @@ class Criterion:
         """True/False, or None when the metric was not measured (never counted as a pass)."""
         if actual is None:
             return None
-        return actual < self.target if self.op == "<" else actual > self.target
+        # bool(): a numpy figure compares to numpy.bool_, which `is not False` would count as a pass
+        return bool(actual < self.target if self.op == "<" else actual > self.target)
 
     def as_dict(self, actual) -> dict:
         return {"name": self.name, "label": self.label, "op": self.op, "target": self.target,
