@@ -56,3 +56,27 @@ def test_empty_encodes_to_empty_cell_and_clamps_out_of_range():
     hdr.record_us(h, 0)
     hdr.record_us(h, 10**15)
     assert h.get_total_count() == 2
+
+
+def test_flush_and_merge_leave_no_histogram_for_the_collector():
+    # an agent encodes 3 interval histograms per worker per second and decodes them again to merge: none of
+    # them may wait for the cyclic collector (they held ~230 KB each and piled up between collections)
+    import gc
+
+    from hdrh.histogram import HdrHistogram
+
+    recorder = hdr.Recorder()
+    for v in (5, 900, 40_000, 3_000_000):
+        recorder.record(v)
+    total = hdr.new_histogram()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            hdr.merge_encoded(total, hdr.encode(recorder))
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, HdrHistogram)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert total.get_total_count() == 20

@@ -22,6 +22,8 @@ import os
 
 from hdrh.histogram import HdrHistogram
 
+from loadgen.agent.histogram import merge_encoded
+
 COLUMNS = ("ts", "agent", "worker", "src", "dst", "msgs_received", "latency_hdr")
 LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 2
 
@@ -86,7 +88,7 @@ def pair_summary(run_dir: str) -> list[dict]:
                     hist = merged.get(key)
                     if hist is None:
                         hist = merged[key] = new_histogram()
-                    hist.decode_and_add(row["latency_hdr"])
+                    merge_encoded(hist, row["latency_hdr"])
     out = []
     for (src, dst), hist in sorted(merged.items()):
         out.append({"src": src, "dst": dst, "src_gateway": names.get(src, src), "dst_gateway": names.get(dst, dst),
