@@ -92,7 +92,9 @@ def sample_script(host, roles: list[str]) -> str:
         "echo ts=$(date +%s.%N)",
         "echo cpu=$(head -1 /proc/stat | cut -d' ' -f2-)",
         "echo mem_used=$(free -b | awk '/^Mem:/{print $3}')",
-        "echo established=$(ss -Htn state established | wc -l)",
+        # the kernel's own count (TCP CurrEstab: established + close-wait), O(1): `ss | wc -l` walks every
+        # socket - measured, 9 samplers on one machine holding 200,000 sockets took most of a core
+        "echo established=$(awk '/^Tcp:/ {if (n++) print $10}' /proc/net/snmp)",
     ]
     if "gateways" in roles:
         lines += [
@@ -100,7 +102,7 @@ def sample_script(host, roles: list[str]) -> str:
             'if [ -n "$P" ] && [ -r /proc/$P/stat ]; then '
             "echo gw_ticks=$(awk '{print $14+$15}' /proc/$P/stat); "
             "echo gw_rss_kb=$(awk '/^VmRSS/{print $2}' /proc/$P/status); "
-            "echo gw_fds=$(ls /proc/$P/fd | wc -l); fi",
+            "echo gw_fds=$(ls -U /proc/$P/fd | wc -l); fi",
             f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2}} END{{print s+0}}')",
         ]
     if "generators" in roles and host.vars.get("_agent_pidfile"):
