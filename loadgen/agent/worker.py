@@ -533,8 +533,11 @@ class Worker:
         parent = os.getppid() if own_process else None
         if self.plan.start_at:
             delay = self.plan.start_at - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > 0.002:
+                await asyncio.sleep(delay - 0.002)
+            # the loop's timers have millisecond resolution and may fire early: never start before the instant
+            while time.time() < self.plan.start_at:
+                await asyncio.sleep(0)
         started = time.time()
         self.emit(("started", self.index, started))
         t0 = time.monotonic_ns()
