@@ -134,7 +134,7 @@ def percentiles_ms(hist: HdrHistogram, points=(50, 95, 99)) -> dict:
     out: dict = {"count": count}
     for p in points:
         key = f"p{p:g}".replace(".", "_")
-        out[key] = hist.get_value_at_percentile(p) / 1000.0 if count else None
+        out[key] = percentile_ms(hist, p)
     out["min"] = hist.get_min_value() / 1000.0 if count else None
     out["max"] = hist.get_max_value() / 1000.0 if count else None
     out["mean"] = hist.get_mean_value() / 1000.0 if count else None

@@ -19,22 +19,14 @@ from loadgen import __version__, deadman
 from loadgen.agent import gateway_scrape, pairs
 from loadgen.agent import histogram as hdr
 from loadgen.agent.interval import COLUMNS, COUNTERS
-from loadgen.agent.worker import Worker, classify_connect_error, tune_gc, worker_main
+from loadgen.agent.worker import Worker, classify_connect_error, event_loop_runner, tune_gc, worker_main
 from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
 from loadgen.plan import criteria as crit
 
 
-def event_loop_runner():
-    try:
-        import uvloop
-        return uvloop.run
-    except ImportError:
-        return asyncio.run
-
-
-def conn_name(proc) -> str:
-    """The worker index of a forked worker's process."""
-    return proc.name.rsplit("-", 1)[1]
+def worker_index(proc) -> int:
+    """The worker index of a forked worker's process (named loadgen-worker-<index>)."""
+    return int(proc.name.rsplit("-", 1)[1])
 
 
 def prepare_out_dir(path: str) -> None:
@@ -308,8 +300,7 @@ class Agent:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                self._forget(conn)
-                idx = int(conn_name(self.pipes.pop(conn)))
+                idx = worker_index(self._forget(conn))
                 if idx not in self.done:
                     self.dead.add(idx)
                 self._wake.set()
@@ -318,9 +309,12 @@ class Agent:
             if not conn.poll():
                 return
 
-    def _forget(self, conn) -> None:
+    def _forget(self, conn):
+        """Stop reading a forked worker's pipe; returns its process, joined."""
         asyncio.get_running_loop().remove_reader(conn.fileno())
-        self.pipes[conn].join(1)
+        proc = self.pipes.pop(conn)
+        proc.join(1)
+        return proc
 
     async def _run_local(self, worker) -> None:
         try:
@@ -358,8 +352,7 @@ class Agent:
                 if p.is_alive():
                     p.kill()
                 self._forget(conn)
-                self.pipes.pop(conn)
-                self.dead.add(int(conn_name(p)))
+                self.dead.add(worker_index(p))
             if self.local is not None and not self.local.done():
                 self.local.cancel()
                 self.dead.add(0)

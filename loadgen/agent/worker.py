@@ -509,6 +509,11 @@ class Worker:
         if self.echo_stats is not None:
             self.echo_stats.drain_into(self.iv, self)
 
+    def in_flight(self) -> bool:
+        """Messages sent and neither received nor answered with an error yet."""
+        self.sync()
+        return self.totals_received + self.totals_errors < self.totals_sent
+
     def flush(self, t0_ns: int, phase: str, target: int) -> None:
         self.sync()
         now = time.time()
@@ -569,17 +574,14 @@ class Worker:
             self.echo_stats.sending = False
         self.sends = OpenSchedule(0)
         deadline = time.monotonic_ns() + int(self.plan.drain_s * 1e9)
-        self.sync()
-        while (self.totals_received + self.totals_errors < self.totals_sent
-               and time.monotonic_ns() < deadline and self.active):
+        while self.in_flight() and time.monotonic_ns() < deadline and self.active:
             await asyncio.sleep(0.02)
-            self.sync()
             if time.monotonic_ns() >= next_flush:
                 self.flush(t0, "drain", 0)
                 next_flush += 1_000_000_000
         self.stopping = True
         # quiesce only when the drain ended with messages still in flight (else there is nothing to wait for)
-        quiet_ns = self.quiesce_ns if self.totals_received + self.totals_errors < self.totals_sent else 0
+        quiet_ns = self.quiesce_ns if self.in_flight() else 0
         for slot in range(self.high):
             if self.state[slot] == OPEN:
                 self._close(slot, quiet_ns)
@@ -599,6 +601,15 @@ class Worker:
 
     def _stop(self) -> None:
         self.stopping = True
+
+
+def event_loop_runner():
+    """uvloop's run when installed (the agent's measured choice), else asyncio's."""
+    try:
+        import uvloop
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
 
 
 def tune_gc() -> None:
@@ -623,12 +634,7 @@ def worker_main(plan, index: int, conn) -> None:
             os._exit(3)  # the agent process is gone: stop the load at once
 
     try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(Worker(plan, index, emit).run())
+        event_loop_runner()(Worker(plan, index, emit).run())
     except Exception as exc:
         emit(("error", index, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1)
