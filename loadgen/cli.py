@@ -52,9 +52,10 @@ def _run_parser(sub) -> None:
     p.add_argument("--backoff-cap", default="30s", help="largest reconnect backoff (default 30s)")
     p.add_argument("--pairing", choices=("same-node", "cross-node"), default="same-node",
                    help="peer messages stay on one gateway node, or cross nodes (needs gateway cluster routing)")
-    p.add_argument("--close-quiesce", default="1s",
+    p.add_argument("--close-quiesce", default="10s",
                    help="peer mode: a planned close (ramp-down, end) first stops the user's and its partner's "
-                        "sends for this long, so messages in flight to it arrive (default 1s; 0: close at once)")
+                        "sends until every message to and from it has arrived or been answered, at most this "
+                        "long (default 10s; 0: close at once)")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")
     p.add_argument("--closed-loop", action="store_true",
                    help="echo as fast as replies come, one in flight per connection (k6-style benchmark; "

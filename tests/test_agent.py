@@ -240,51 +240,75 @@ def quiesce_worker(quiesce_s: float, mode: str = "peer", n: int = 8):
     return w
 
 
-def test_ramp_down_quiesces_the_pair_then_closes_exactly_as_many():
+def test_ramp_down_quiesces_the_pair_until_nothing_is_in_flight_then_closes_exactly_as_many():
     import asyncio
 
+    from loadgen.agent import frames
     from loadgen.agent import worker as wk
 
     async def go():
-        w = quiesce_worker(60.0)  # the timers never fire here: the test ends the quiet periods itself
-        w.adjust(5, 0)  # ramp-down of 3: the newest slots 7, 6, 5 quiesce; no close frame yet
+        w = quiesce_worker(60.0)  # the quiet periods end on counts here, never on the 60 s bound
+        w.fire_sends(99_999_999)  # every slot sends one message to its partner (s <-> s^1): one period, 0.1 s
+        assert all(w.pending_in[s] == 1 and w.pending_out[s] == 1 for s in range(8))
+        # slot 5's message to 4 was delivered and acked; nothing else has arrived yet
+        w.on_text(b'{"type":"msg","from":"t-0-5","id":6,"ts":1,"body":""}', 4)
+        w.on_text(b'{"type":"ack","id":6}', 5)
+        assert w.pending_in[4] == 0 and w.pending_out[5] == 0 and w.pending_in[5] == 1
+        w.adjust(5, 2_000_000_000)  # ramp-down of 3: the newest slots 7, 6, 5 quiesce; no close frame yet
         assert set(w.quiescing) == {5, 6, 7} and w.closing == 3 and w.held() == 5
         assert not any(w.conns[s].transport.closes for s in range(8))
-        w.adjust(5, 0)  # quiescing slots are not held: nothing more to close or open
+        w.adjust(5, 2_000_000_000)  # quiescing slots are not held: nothing more to close or open
         assert set(w.quiescing) == {5, 6, 7} and w.connecting == 0 and w.held() == 5
-        w.fire_sends(2_000_000_000)  # every slot is due
+        for s in range(8):
+            w.conns[s].transport.texts.clear()
+        w.fire_sends(3_000_000_000)  # every slot is due
         sent = {s for s in range(8) if w.conns[s].transport.texts}
         assert sent == {0, 1, 2, 3}  # 5-7 quiesce; 4 does not send to its quiescing partner 5
         assert w.iv.msgs_skipped >= 1
+        w.end_quiet_periods(3_000_000_000)  # 4's message to 5 and 6's, 7's are still in flight: no close
+        assert set(w.quiescing) == {5, 6, 7}
+        # 4's message to 5 arrives: 5 has nothing in flight any more and closes, with no time bound reached
+        w.on_text(b'{"type":"msg","from":"t-0-4","id":5,"ts":1,"body":""}', 5)
+        w.end_quiet_periods(3_000_000_000)
+        assert set(w.quiescing) == {6, 7} and w.conns[5].planned
+        assert w.conns[5].transport.closes == [wk.WSCloseCode.OK]
         # the gateway drops slot 6 during its quiet period: a drop, but the slot was leaving (IDLE, not DOWN)
         conn6 = w.conns[6]
         conn6.closed_by_gateway = True
         w.on_disconnected(conn6)
         assert w.iv.disconnects == 1 and w.iv.disc_by_gateway == 1 and not w.down
-        assert w.state[6] == wk.IDLE and w.closing == 2 and w.held() == 5
-        w._quiesced(6, conn6)  # its timer finds nothing to close
-        assert not conn6.transport.closes
-        for s in (5, 7):  # the quiet period ends: close frames
-            w._quiesced(s, w.conns[s])
-            assert w.conns[s].planned and w.conns[s].transport.closes == [wk.WSCloseCode.OK]
-        assert not w.quiescing and w.closing == 2 and w.held() == 5
+        assert w.state[6] == wk.IDLE and w.closing == 2 and w.held() == 5 and set(w.quiescing) == {7}
+        assert w.pending_in[6] == 0 and w.pending_out[6] == 0  # what was in flight ended with the session
+        # 7's own message is refused (error frame to 7): that is an answer for 7 and settles 6's inbound count
+        w.on_text(b'{"type":"error","code":"unknown_recipient","detail":"x","id":8}', 7)
+        assert w.pending_out[7] == 0 and w.pending_in[7] == 1  # 6's message to 7 is still on its way
+        w.end_quiet_periods(3_000_000_000)
+        assert set(w.quiescing) == {7} and not conn6.transport.closes
+        w.end_quiet_periods(3_000_000_000 + 60_000_000_000)  # the bound: closed with 1 message still in flight
+        assert not w.quiescing and w.conns[7].planned and w.closing == 2 and w.held() == 5
         for s in (5, 7):  # the gateway's close replies
             w.on_disconnected(w.conns[s])
         assert w.iv.closes == 2 and w.closing == 0 and w.active == 5 and w.held() == 5
         w.adjust(5, 0)
         assert w.connecting == 0 and not w.quiescing
+        assert frames.classify(b'{"type":"error","code":"x"}')[0] == frames.ERROR
 
     asyncio.run(go())
 
 
-def test_no_quiet_period_with_close_quiesce_0_or_in_echo_mode():
+def test_a_slot_with_nothing_in_flight_closes_at_once_and_no_quiet_period_with_0_or_in_echo_mode():
     import asyncio
 
     async def go():
-        for w in (quiesce_worker(0.0), quiesce_worker(1.0, mode="echo")):
-            w.adjust(5, 0)
+        for w in (quiesce_worker(60.0), quiesce_worker(0.0), quiesce_worker(1.0, mode="echo")):
+            w.adjust(5, 0)  # nothing was sent: nothing to wait for
             assert not w.quiescing and w.closing == 3
             assert [s for s in range(8) if w.conns[s].transport.closes] == [5, 6, 7]
+        w = quiesce_worker(0.0)
+        w.fire_sends(1_000_000_000)
+        assert w.pending_in is None  # --close-quiesce 0: no accounting at all
+        w.adjust(5, 0)
+        assert not w.quiescing and [s for s in range(8) if w.conns[s].transport.closes] == [5, 6, 7]
 
     asyncio.run(go())
 

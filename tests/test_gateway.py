@@ -124,6 +124,29 @@ def test_abusers_are_closed_and_everyone_else_keeps_being_served(tmp_path):
         gw.stop()
 
 
+def test_sends_to_an_offline_user_are_errors_but_never_abuse(tmp_path):
+    """unknown_recipient is an answer to a well-formed send (the user went offline), not a bad frame."""
+    gw = start_gateway(tmp_path, "limits:\n  max_bad_frames_per_min: 5\n")
+    try:
+        async def go():
+            async with connect(url(gw, "dave"), additional_headers=auth()) as d:
+                codes = []
+                for i in range(20):
+                    await d.send(json.dumps({"type": "send", "to": "offline", "id": i, "ts": i, "body": "x"}))
+                    codes.append((await recv_json(d))["code"])
+                await d.send("{oops")  # the bad frames still count: 1 of 5
+                codes.append((await recv_json(d))["code"])
+                await d.send(json.dumps({"type": "echo", "id": 1, "body": "still here"}))
+                return codes, await recv_json(d)
+
+        codes, reply = asyncio.run(go())
+        assert codes == ["unknown_recipient"] * 20 + ["malformed"] and reply["body"] == "still here"
+        assert metric(gw, 'im_gateway_errors_total{node="test-gw",kind="unknown_recipient"}') == 20
+        assert metric(gw, 'im_gateway_errors_total{node="test-gw",kind="abuse_bad_frames"}') == 0
+    finally:
+        gw.stop()
+
+
 def test_max_connections_enforced_with_503(tmp_path):
     gw = start_gateway(tmp_path, "server:\n  max_connections: 2\n")
     try:

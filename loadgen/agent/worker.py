@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from array import array
 import gc
 import heapq
 import logging
@@ -251,11 +252,18 @@ class Worker:
         self.down: set[int] = set()
         self.active = 0
         self.closing = 0  # planned closes: quiescing, or waiting for the gateway's close reply
-        # Peer mode: a planned close first quiesces the pair for this long (neither sends to the other), so
-        # messages in flight to the closing user (through Kafka, on a gateway cluster) reach it first.
+        # Peer mode: a planned close first quiesces the pair (neither sends to the other) until nothing is in
+        # flight to or from the closing user - every message to it received or refused, every message from it
+        # acked or refused - or for at most this long. A message still in a gateway cluster's Kafka when the
+        # close frame went out would be neither received nor refused: lost to the agent's accounting.
         self.quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) \
             if plan.mode == "peer" and not self.closed_loop else 0
-        self.quiescing: dict[int, Conn] = {}  # slot -> its connection, in its quiet period before the close frame
+        # slot -> (its connection, monotonic ns when the quiet period ends at the latest)
+        self.quiescing: dict[int, tuple[Conn, int]] = {}
+        # per slot, peer mode: messages to it not yet received or refused (the sender's error frame), and
+        # messages from it not yet acked or refused; 8 bytes per slot
+        self.pending_in = array("I", bytes(4 * n)) if self.quiesce_ns else None
+        self.pending_out = array("I", bytes(4 * n)) if self.quiesce_ns else None
         self.connecting = 0
         self.body = frames.make_body(plan.message_size)
         self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
@@ -290,6 +298,7 @@ class Worker:
         iv = self.iv
         iv.bytes_received += len(payload)
         kind, ts = frames.classify(payload)
+        pending_in, pending_out = self.pending_in, self.pending_out
         if kind == frames.MSG or kind == frames.ECHO:
             iv.msgs_received += 1
             self.totals_received += 1
@@ -298,14 +307,29 @@ class Worker:
                 iv.latency.record(us)
                 if self.pairs is not None and kind == frames.MSG:
                     self.pairs.record(slot, us)
+            if pending_in is not None and slot >= 0 and pending_in[slot]:
+                pending_in[slot] -= 1
         elif kind == frames.ACK:
             iv.msgs_acked += 1
+            if pending_out is not None and slot >= 0 and pending_out[slot]:
+                pending_out[slot] -= 1
         elif kind == frames.PONG:
             iv.pongs += 1
         elif kind == frames.ERROR:
             iv.msgs_errors += 1
             self.totals_errors += 1
+            if pending_out is not None and slot >= 0:  # a refused send: to the partner, not received
+                if pending_out[slot]:
+                    pending_out[slot] -= 1
+                peer = self.peer_of(slot)
+                if pending_in[peer]:
+                    pending_in[peer] -= 1
         return kind
+
+    def peer_of(self, slot: int) -> int:
+        """Peer mode: slot s and s^1 message each other (an odd last slot messages itself)."""
+        peer = slot ^ 1
+        return peer if peer < self.n else slot
 
     def on_disconnected(self, conn: Conn) -> None:
         slot = conn.slot
@@ -316,6 +340,8 @@ class Worker:
         self.active -= 1
         self.iv.session.record((now - conn.established_ns) // 1000)
         quiescing = self.quiescing.pop(slot, None) is not None
+        if self.pending_in is not None:  # what was in flight to or from this session ends with it
+            self.pending_in[slot] = self.pending_out[slot] = 0
         if conn.planned:
             self.closing -= 1
             self.iv.closes += 1
@@ -384,28 +410,32 @@ class Worker:
         elif slot not in self.sends and self.sending:
             self.sends.add(slot, now)
         if self.stopping:
-            self._close(slot, 0)  # opened after the stop: nobody has sent to it
+            self._close(slot, now)  # opened after the stop: nobody has sent to it
 
-    def _close(self, slot: int, quiet_ns: int | None = None) -> None:
-        """Planned close. First the quiet period (quiet_ns, default the plan's --close-quiesce; peer mode):
-        the slot stops sending and its partner stops sending to it (fire_sends), so messages in flight to
-        it arrive while it is still connected; then the close handshake: messages already on their way
-        arrive before the gateway's close reply. A quiescing slot counts in `closing` (not held)."""
+    def _close(self, slot: int, now_ns: int) -> None:
+        """Planned close. Peer mode: first the quiet period - the slot stops sending and its partner stops
+        sending to it (fire_sends) until nothing is in flight to or from it (end_quiet_periods), at most
+        --close-quiesce; then the close handshake: messages already on their way arrive before the
+        gateway's close reply. A quiescing slot counts in `closing` (not held)."""
         conn = self.conns[slot]
         if conn is None or conn.transport is None or conn.planned or slot in self.quiescing:
             return
         self.closing += 1
-        quiet_ns = self.quiesce_ns if quiet_ns is None else quiet_ns
-        if quiet_ns > 0:
-            self.quiescing[slot] = conn
-            asyncio.get_running_loop().call_later(quiet_ns / 1e9, self._quiesced, slot, conn)
+        if self.quiesce_ns and (self.pending_in[slot] or self.pending_out[slot]):
+            self.quiescing[slot] = (conn, now_ns + self.quiesce_ns)
         else:
             self._send_close(conn)
 
-    def _quiesced(self, slot: int, conn: Conn) -> None:
-        """The quiet period is over: the close handshake (unless the connection went meanwhile)."""
-        if self.quiescing.get(slot) is conn:
-            del self.quiescing[slot]
+    def end_quiet_periods(self, now_ns: int) -> None:
+        """Close the quiescing slots whose messages have all arrived or been answered, or whose time is up.
+        A message still in flight then is the agent's `lost` (sent - received - errors)."""
+        if not self.quiescing:
+            return
+        pending_in, pending_out = self.pending_in, self.pending_out
+        done = [slot for slot, (_, until) in self.quiescing.items()
+                if now_ns >= until or not (pending_in[slot] or pending_out[slot])]
+        for slot in done:
+            conn, _ = self.quiescing.pop(slot)
             self._send_close(conn)
 
     def _send_close(self, conn: Conn) -> None:
@@ -454,7 +484,7 @@ class Worker:
             slot = self.high - 1
             while excess > 0 and slot >= 0:
                 if self.state[slot] == OPEN and not self.conns[slot].planned and slot not in self.quiescing:
-                    self._close(slot)
+                    self._close(slot, now_ns)
                     excess -= 1
                 slot -= 1
 
@@ -462,8 +492,7 @@ class Worker:
     def fire_sends(self, now_ns: int) -> None:
         iv, state, conns, body = self.iv, self.state, self.conns, self.body
         peer_mode = self.plan.mode == "peer"
-        n = self.n
-        quiescing = self.quiescing
+        quiescing, pending_in, pending_out = self.quiescing, self.pending_in, self.pending_out
         for slot, scheduled in self.sends.due(now_ns):
             if state[slot] != OPEN:
                 iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
@@ -472,11 +501,14 @@ class Worker:
                 continue  # closing as planned: its schedule ends here
             self.seq += 1
             if peer_mode:
-                peer = slot ^ 1 if (slot ^ 1) < n else slot
+                peer = self.peer_of(slot)
                 if state[peer] != OPEN or conns[peer].planned or peer in quiescing:
                     iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
                     continue
                 data = frames.send_frame((self.uid_prefix + str(peer)).encode(), self.seq, scheduled, body)
+                if pending_in is not None:
+                    pending_in[peer] += 1
+                    pending_out[slot] += 1
             else:
                 data = frames.echo_frame(self.seq, scheduled, body)
             conns[slot].transport.send(WSMsgType.TEXT, data)
@@ -557,6 +589,7 @@ class Worker:
             target = profile.target_at(elapsed)
             phase = profile.phase_at(elapsed)
             self.adjust(target, now)
+            self.end_quiet_periods(now)
             self.fire_sends(now)
             if now >= next_flush:
                 self.flush(t0, phase, target)
@@ -580,14 +613,14 @@ class Worker:
                 self.flush(t0, "drain", 0)
                 next_flush += 1_000_000_000
         self.stopping = True
-        # quiesce only when the drain ended with messages still in flight (else there is nothing to wait for)
-        quiet_ns = self.quiesce_ns if self.in_flight() else 0
-        for slot in range(self.high):
+        now = time.monotonic_ns()
+        for slot in range(self.high):  # slots with messages still in flight quiesce first
             if self.state[slot] == OPEN:
-                self._close(slot, quiet_ns)
-        close_deadline = time.monotonic_ns() + self.quiesce_ns + 2_000_000_000  # quiet periods under way too
+                self._close(slot, now)
+        close_deadline = now + self.quiesce_ns + 2_000_000_000  # quiet periods under way too
         while (self.active or self.connecting) and time.monotonic_ns() < close_deadline:
             await asyncio.sleep(0.02)
+            self.end_quiet_periods(time.monotonic_ns())
         for slot in range(self.high):  # sessions of connections that did not close in time
             conn = self.conns[slot]
             if self.state[slot] == OPEN and conn is not None:

@@ -220,11 +220,14 @@ class GatewaySession(WSListener):
             # input sends RST and the peer never learns why); a peer that never answers is cut anyway.
             asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect)
 
-    def _error(self, kind: str, detail: str, msg_id=None) -> None:
+    def _error(self, kind: str, detail: str, msg_id=None, bad_frame: bool = True) -> None:
+        """An error frame to the client, counted by kind; a bad frame also counts toward the abuse limit.
+        bad_frame=False: a well-formed send whose recipient is not connected - normal in IM (the user just went
+        offline, or a cluster's registry is slow), never a reason to cut the sender off."""
         m = self.gw.metrics
         m.count(m.errors, kind)
         self.push(protocol.error_frame(kind, detail, msg_id))
-        if not self.guard.bad_frame(time.monotonic()):
+        if bad_frame and not self.guard.bad_frame(time.monotonic()):
             self.abort("abuse_bad_frames", WSCloseCode.POLICY_VIOLATION)
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
@@ -279,7 +282,7 @@ class GatewaySession(WSListener):
             elif self.gw.router.remote:  # cluster mode: the user may be on another node
                 self.gw.router.route(cmd.to, frame, lambda error: self._routed(cmd, error))
             else:
-                self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id)
+                self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id, bad_frame=False)
         elif cmd.type == "echo":
             self.push(protocol.echo_frame(cmd))
             m.messages_sent += 1
@@ -292,11 +295,8 @@ class GatewaySession(WSListener):
         """Cluster mode: the owning node's topic has the message (ack), or why not."""
         if error is None:
             self.push(protocol.ack_frame(cmd))
-        elif error[0] == "unknown_recipient":
-            self._error(error[0], error[1], cmd.id)
-        else:  # a backend is down: counted, but not held against the client as a bad frame
-            self.gw.metrics.count(self.gw.metrics.errors, error[0])
-            self.push(protocol.error_frame(error[0], error[1], cmd.id))
+        else:  # the recipient is not connected, or a backend is down: not held against the client
+            self._error(error[0], error[1], cmd.id, bad_frame=False)
 
 
 async def _serve_metrics(gw: Gateway, host: str, port: int):

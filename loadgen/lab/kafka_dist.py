@@ -14,6 +14,7 @@ idempotent.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -144,6 +145,18 @@ def build_kafka_archive(out_dir: Path, version: str = KAFKA_VERSION, *, quiet: b
     recipe_file.write_text(recipe + "\n")
     shutil.rmtree(work)
     return archive
+
+
+def new_cluster_id(random_bytes=os.urandom) -> str:
+    """A KRaft cluster id: 16 random bytes as 22 characters of URL-safe base64 (Kafka's Uuid form).
+
+    Never starting with '-', as Kafka's own `kafka-storage.sh random-uuid` guarantees: such an id (1 in
+    64 draws) is read as an option by the tools' argument parser when passed as a separate argument.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes(16)).decode()[:22]
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def sha256(path: Path) -> str:

@@ -53,7 +53,7 @@ class RunPlan:
     connect_timeout_s: float = 10.0
     max_connecting: int = 256
     drain_s: float = 3.0
-    close_quiesce_s: float = 1.0  # peer mode: a planned close first stops the pair's sends for this long
+    close_quiesce_s: float = 10.0  # peer mode: a planned close waits at most this long for the pair's in-flight messages
     heartbeat_file: str | None = None
     deadman_s: float = 60.0
     gateway_metrics: list[str] = field(default_factory=list)
@@ -210,7 +210,7 @@ def build_plan(args) -> RunPlan:
     heartbeat = parse_duration(args.heartbeat_interval, "--heartbeat-interval")
     if heartbeat <= 0:
         raise UsageError("--heartbeat-interval must be longer than 0s")
-    close_quiesce = parse_duration(getattr(args, "close_quiesce", "1s"), "--close-quiesce")
+    close_quiesce = parse_duration(getattr(args, "close_quiesce", "10s"), "--close-quiesce")
     if close_quiesce > MAX_CLOSE_QUIESCE_S:
         raise UsageError(f"--close-quiesce must be at most {MAX_CLOSE_QUIESCE_S:g}s (got {close_quiesce:g}s)")
     return RunPlan(

@@ -187,7 +187,7 @@ def test_both_nodes_in_etcd_and_topics_with_replication_factor_3(lab):
 @pytest.mark.timeout(900)
 def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, tmp_path):
     before = {gw: metrics(gw) for gw in GATEWAYS}
-    # with a ramp-down: the agents quiesce each pair before closing it (--close-quiesce, 1 s by default), so
+    # with a ramp-down: the agents quiesce each pair until nothing is in flight between them (at most 10 s), so
     # messages still in Kafka reach their recipients (without it 0.14 % were lost here in one run)
     proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "25s:400", "3s:0"])
     out, _ = proc.communicate(timeout=600)
