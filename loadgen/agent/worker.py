@@ -67,7 +67,7 @@ def source_socket(ip: str):
         return sock
 
     return factory
-TICK_S = 0.05  # control loop granularity; sends use their own scheduled times regardless
+TICK_NS = 50_000_000  # control loop granularity; sends use their own scheduled times regardless
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 CLOSE_WAIT_S = 2.0  # a planned close waits this long for the gateway's close reply
 
@@ -579,6 +579,7 @@ class Worker:
         self.emit(("started", self.index, started))
         t0 = time.monotonic_ns()
         next_flush = t0 + 1_000_000_000
+        next_quiet_check = t0
         profile = self.profile
         phase, target = "ramp-up", 0
         while not self.stopping:
@@ -589,14 +590,16 @@ class Worker:
             target = profile.target_at(elapsed)
             phase = profile.phase_at(elapsed)
             self.adjust(target, now)
-            self.end_quiet_periods(now)
+            if now >= next_quiet_check:  # O(quiescing slots): at the tick, not at every due send
+                self.end_quiet_periods(now)
+                next_quiet_check = now + TICK_NS
             self.fire_sends(now)
             if now >= next_flush:
                 self.flush(t0, phase, target)
                 next_flush += 1_000_000_000
                 if parent is not None and os.getppid() != parent:
                     self.stopping = True  # the agent process died: never run load unattended
-            nxt = min(next_flush, now + int(TICK_S * 1e9))
+            nxt = min(next_flush, now + TICK_NS)
             due = self.sends.next_due_ns()
             if due is not None:
                 nxt = min(nxt, due)
