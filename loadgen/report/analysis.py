@@ -322,7 +322,7 @@ def analyze(run: RunData) -> dict:
         ts["bin"] = np.clip(((ts["ts"] - win["t0"]) // win["bin_s"]).astype("int64"), 0, nb - 1)
 
     lat = merge_histograms(ts, "latency_hdr", hosts_, True, nb)
-    con = merge_histograms(ts, "connect_hdr", hosts_, False, nb)
+    con = merge_histograms(ts, "connect_hdr", hosts_, True, nb)
     ses = merge_histograms(ts, "session_hdr", hosts_, False, nb)
     bad_cells = lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"]
 
@@ -400,7 +400,7 @@ def analyze(run: RunData) -> dict:
     for r in rows:
         r["evidence"] = evidence.get(r["name"], "")
 
-    series = _series(ts, win, lat, gw, gw_source)
+    series = _series(ts, win, lat, con, gw, gw_source)
     # agents, skew, partial
     facts_by_agent = run_agents(run.run)
     unreachable = unreachable_hosts(run.run)
@@ -521,7 +521,7 @@ def headline_figures(s: dict) -> dict:
     }
 
 
-def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | None, gw_source: str) -> dict:
+def _series(ts: pd.DataFrame | None, win: dict, lat: dict, con: dict, gw: pd.DataFrame | None, gw_source: str) -> dict:
     nb, bin_s = win["nbins"], win["bin_s"]
     out: dict = {"x": np.arange(nb) * bin_s + bin_s if nb else np.array([]), "bin_s": bin_s}
     if ts is not None and nb:
@@ -536,8 +536,12 @@ def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | No
         for col in sums.columns:
             out[col] = sums[col].to_numpy(dtype=float)
         out["phase_spans"] = _phase_spans(ts, win)
+        out["hold"] = np.zeros(nb, dtype=bool)  # bins with a hold-phase row: the steady state
+        out["hold"][ts.loc[ts["phase"] == "hold", "bin"].unique()] = True
     if lat.get("per_bin"):
         out["latency"] = lat["per_bin"]
+    if con.get("per_bin"):
+        out["connect"] = con["per_bin"]
     if gw is not None and len(gw) and nb:
         g = gw.assign(bin=np.clip(((gw["ts"] - win["t0"]) // bin_s).astype("int64"), 0, nb - 1))
         for col, key in (("conns", "active_by_node"), ("rss", "rss_by_node"), ("cpu_percent", "cpu_by_node"), ("fds", "fds_by_node")):
