@@ -276,3 +276,35 @@ def test_criteria_verdict_with_numpy_figures():
     assert rows[0]["passed"] is False and ok is False
     rows, ok = crit.evaluate([c], {"gateway_memory_per_connection_bytes": np.float64(5000.0)})
     assert rows[0]["passed"] is True and ok is True
+
+
+def test_phases_and_points_share_the_agents_clock(known):
+    """A bin is drawn at its middle, an agent's second fills one bin: the shaded hold holds exactly the
+    hold seconds (no ramp-up connects inside it), and the first point is half a bin after the planned start."""
+    path, truth, _ = known
+    m = analyze_run(path)
+    s, win = m["series"], m["window"]
+    hold = next(sp for sp in s["phase_spans"] if sp["phase"] == "hold")
+    start = next(sp for sp in s["phase_spans"] if sp["phase"] == "start")["from"]
+    inside = (s["x"] > hold["from"]) & (s["x"] < hold["to"])
+    assert np.array_equal(inside, s["hold"])
+    assert np.nansum(s["connects_ok"][inside]) == 0 and np.nansum(s["connects_ok"][~inside]) > 0
+    assert hold["from"] == pytest.approx(start + 20, abs=0.05)  # the plan ramps for 20 s, then holds
+    first = np.flatnonzero(np.isfinite(s["active_total"]))[0]
+    assert s["x"][first] == pytest.approx(start + win["bin_s"] / 2, abs=0.05)
+
+
+@pytest.mark.parametrize("lo, hi, unit", [(534.2 * 2**20, 572.9 * 2**20, "B"), (0, 60.9 * 2**20, "B"), (0, 1.5 * 2**20, "B"),
+                                          (0, 13.54, "ms"), (0, 2000, ""), (0.2, 0.7, "%"), (3, 3, "")])
+def test_axis_ticks_are_nice_and_cover_the_data(lo, hi, unit):
+    from loadgen.report.svg import nice_ticks, tick_labels
+
+    ticks = nice_ticks(lo, hi, unit=unit)
+    assert ticks[0] <= lo and ticks[-1] >= hi and 3 <= len(ticks) <= 8
+    labels = tick_labels(ticks, unit)
+    numbers = [float(label.split()[0].rstrip("%")) for label in labels]
+    step = numbers[1] - numbers[0]
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert round(mantissa, 6) in (1, 2, 5), labels
+    assert np.allclose(np.diff(numbers), step), labels
+    assert len({label.split()[-1] for label in labels}) == 1 or unit not in ("B", "ms")  # one unit per axis

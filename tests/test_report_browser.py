@@ -44,6 +44,10 @@ CHECK_JS = r"""
     const drawn = marks.filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; });
     if (!marks.length || drawn.length !== marks.length || r.width < 200 || r.height < 50)
       bad.push(c.getAttribute("aria-label") + ` (${drawn.length}/${marks.length} marks, ${r.width}x${r.height})`);
+    // the top tick is at or above the data: nothing is drawn above the top grid line
+    const top = Math.min(...[...c.querySelectorAll("line.grid")].map(g => g.y1.baseVal.value));
+    const highest = Math.min(...marks.map(m => m.getBBox().y));
+    if (highest < top - 0.5) bad.push(c.getAttribute("aria-label") + ` (drawn at y ${highest} above the top tick at ${top})`);
   }
   const sections = [...document.querySelectorAll("body > section")].map(s => s.id);
   const external = [...document.querySelectorAll("[src],[href]")]

@@ -23,6 +23,7 @@ def _target(summary: dict, name: str, default: float) -> float:
 
 
 def _fmt_t(seconds: float) -> str:
+    """A time on the charts' axis; a bin is named by its end, as the agents stamp their seconds."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
@@ -118,7 +119,7 @@ def check_latency(s, series, nodes, host_info, agents, win):
         over = np.flatnonzero(np.nan_to_num(lat["p99"], nan=0) > target)
         if len(over):
             ev.append(f"interval P99 above {target:g} ms in {len(over)} of {int(np.isfinite(lat['p99']).sum())} intervals, "
-                      f"first at {_fmt_t(over[0] * win['bin_s'])}")
+                      f"first at {_fmt_t((over[0] + 1) * win['bin_s'])}")
     hot = [n for n in nodes if (n.get("cpu_peak") or 0) > CPU_LIMIT]
     for n in hot:
         ev.append(f"gateway {n['node']}: process CPU peak {n['cpu_peak']:.0f}% (> {CPU_LIMIT:.0f}%): latency is likely CPU-bound")
@@ -165,7 +166,7 @@ def check_disconnects(s, series, nodes, host_info, agents, win):
         floor = np.nan_to_num(active) * 0.01
         spikes = np.flatnonzero((np.nan_to_num(d) > SPIKE_FACTOR * med) & (per_bin > floor) & (per_bin >= 10))
         for i in spikes[:5]:
-            ev.append(f"spike at {_fmt_t(i * win['bin_s'])}: {per_bin[i]:,.0f} disconnects in {win['bin_s']} s "
+            ev.append(f"spike at {_fmt_t((i + 1) * win['bin_s'])}: {per_bin[i]:,.0f} disconnects in {win['bin_s']} s "
                       f"({d[i]:,.1f}/s vs median {med:,.1f}/s)")
     if not len(spikes) and c["disconnects"] <= DISCONNECT_SHARE * max(1, c["established"]):
         return None

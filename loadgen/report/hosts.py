@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from loadgen.gateway.metrics import parse_exposition
+from loadgen.report.bins import sample_bins
 from loadgen.report.svg import band
 
 ROLE_ORDER = ("gateway", "generator", "etcd", "redis", "kafka")
@@ -144,10 +145,8 @@ def _roles(run, samples: pd.DataFrame | None) -> dict:
 
 
 def _binned(df: pd.DataFrame, win: dict, how: str = "mean") -> dict:
-    nb, bin_s = win["nbins"], win["bin_s"]
-    b = np.clip(((df["ts"] - win["t0"]) // bin_s).astype("int64"), 0, nb - 1)
-    wide = df.assign(bin=b).groupby(["bin", "host"])["value"].agg(how).unstack()
-    idx = pd.RangeIndex(nb)
+    wide = df.assign(bin=sample_bins(df["ts"], win)).groupby(["bin", "host"])["value"].agg(how).unstack()
+    idx = pd.RangeIndex(win["nbins"])
     return {h: wide[h].reindex(idx).to_numpy(dtype=float) for h in wide.columns}
 
 
