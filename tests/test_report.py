@@ -308,3 +308,36 @@ def test_axis_ticks_are_nice_and_cover_the_data(lo, hi, unit):
     assert round(mantissa, 6) in (1, 2, 5), labels
     assert np.allclose(np.diff(numbers), step), labels
     assert len({label.split()[-1] for label in labels}) == 1 or unit not in ("B", "ms")  # one unit per axis
+
+
+def test_hosts_of_one_machine_are_charted_once_and_judged_by_process(tmp_path):
+    """inventory/local: every host is this machine. The machine's CPU, memory and established count are shown
+    once for it (the count holds both ends), and CPU is attributed to the agents and gateways by process."""
+    path = tmp_path / "one-machine"
+    agents = [AgentSpec("gen-a"), AgentSpec("gen-b")]
+    make_run(str(path), agents, gateway_cpu=90.0)
+    apart = analyze_run(str(path))
+    assert any(c["title"] == "CPU - generator hosts" for c in apart["hosts"]["charts"])
+    assert apart["hosts"]["machines"] == []
+    run = json.loads((path / "run.json").read_text())
+    for facts in run["preflight"]["hosts"].values():
+        facts.update({"boot_id": "b0", "netns": "net:[4026531840]"})
+    (path / "run.json").write_text(json.dumps(run))
+    samples = pd.read_csv(path / "probes" / "samples.csv")
+    gen = samples[(samples["metric"] == "host_cpu_percent") & samples["host"].isin(["gen-a", "gen-b"])]
+    agent_cpu = gen.assign(metric="agent_cpu_percent", value=30.0)  # each agent: 30 % of one core over 2 workers
+    pd.concat([samples, agent_cpu]).to_csv(path / "probes" / "samples.csv", index=False)
+
+    m = analyze_run(str(path))
+    names = "gen-a, gen-b, gw1, gw2"
+    assert m["hosts"]["machines"] == [{"hosts": ["gen-a", "gen-b", "gw1", "gw2"], "netns_shared": True}]
+    titles = [c["title"] for c in m["hosts"]["charts"]]
+    assert f"CPU - one machine: {names}" in titles and f"Memory used - one machine: {names}" in titles
+    assert f"Established TCP connections - one machine: {names} (both ends of each connection within it)" in titles
+    assert not any(t.startswith(("CPU - generator", "CPU - gateway", "Established TCP connections - g")) for t in titles)
+    assert "Agent CPU, workers included (% of one core) - generator hosts" in titles
+    found = {f["id"]: f for f in m["summary"]["diagnostics"]["findings"]}
+    assert "generator_saturation" not in found
+    ev = found["shared_machine"]["evidence"]
+    assert ev[0] == f"{names} are one machine; its CPU peaked at 95% (all its cores)"
+    assert "gen-a: agent CPU per worker (2 worker(s)) peak 15%" in ev and "gw1: gateway process CPU peak 92%" in ev
