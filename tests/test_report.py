@@ -332,8 +332,9 @@ def test_hosts_of_one_machine_are_charted_once_and_judged_by_process(tmp_path):
     names = "gen-a, gen-b, gw1, gw2"
     assert m["hosts"]["machines"] == [{"hosts": ["gen-a", "gen-b", "gw1", "gw2"], "netns_shared": True}]
     titles = [c["title"] for c in m["hosts"]["charts"]]
-    assert f"CPU - one machine: {names}" in titles and f"Memory used - one machine: {names}" in titles
-    assert f"Established TCP connections - one machine: {names} (both ends of each connection within it)" in titles
+    assert "CPU - one machine (4 hosts)" in titles and "Memory used - one machine (4 hosts)" in titles
+    established = next(c for c in m["hosts"]["charts"] if c["title"] == "Established TCP connections (both ends) - one machine (4 hosts)")
+    assert established["note"] == f"one machine: {names}; both ends of each connection among them count"
     assert not any(t.startswith(("CPU - generator", "CPU - gateway", "Established TCP connections - g")) for t in titles)
     assert "Agent CPU, workers included (% of one core) - generator hosts" in titles
     found = {f["id"]: f for f in m["summary"]["diagnostics"]["findings"]}

@@ -117,7 +117,8 @@ def sample_script(host, roles: list[str]) -> str:
             f"echo ag_active=$(grep -o '\"active\": [0-9]*' {shlex.quote(host.vars['_agent_status'])} 2>/dev/null "
             "| grep -o '[0-9]*$')",
         ]
-    return "; ".join(lines)
+    # stamped at both ends: a sample is an instant between them (the /metrics fetch alone can take 100 ms)
+    return "; ".join(lines + ["echo ts_end=$(date +%s.%N)"])
 
 
 def parse_sample(text: str) -> dict[str, str]:
@@ -142,6 +143,10 @@ class SampleDeltas:
             ts = float(raw["ts"])
         except (KeyError, ValueError):
             return []
+        try:
+            ts = (ts + float(raw["ts_end"])) / 2
+        except (KeyError, ValueError):
+            pass
         rows = []
 
         def add(metric, value):

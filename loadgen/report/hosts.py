@@ -225,15 +225,17 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
                     charts.append({"title": f"{title} - {role} hosts", "unit": unit,
                                    "series": band(_binned(m, win))})
         for machine in machines:
-            names = ", ".join(machine["hosts"])
+            note = "one machine: " + ", ".join(machine["hosts"])
             for metric, title, unit in HOST_CHARTS:
                 if not shared(machine["hosts"][0], metric):
                     continue
                 m = samples[(samples["metric"] == metric) & samples["host"].isin(machine["hosts"])]
                 if len(m):  # every host of it samples the same counters: one line, their mean per bin
                     series = {"machine": pd.DataFrame(_binned(m, win)).mean(axis=1).to_numpy()}
-                    both = " (both ends of each connection within it)" if metric == "established" else ""
-                    charts.append({"title": f"{title} - one machine: {names}{both}", "unit": unit, "series": series})
+                    both = " (both ends)" if metric == "established" else ""
+                    charts.append({"title": f"{title}{both} - one machine ({len(machine['hosts'])} hosts)", "unit": unit,
+                                   "series": series, "note": note + (
+                                       "; both ends of each connection among them count" if both else "")})
     by_node = {n["node"]: n for n in nodes}
     for host, node in by_node.items():
         row = rows.setdefault(host, {"host": host, "role": roles.get(host, "gateway")})
