@@ -443,10 +443,10 @@ class ClusterTest:
         return self.report()
 
     def report(self) -> int:
-        from loadgen.report import build_report
+        from loadgen.report import build_report, format_verdict
 
         summary = build_report(self.run_dir)
-        log(f"report: {os.path.abspath(summary['report'])} ({summary['status']})")
+        print(format_verdict(summary), flush=True)  # the same lines as `fab report`: verdict, what failed, the page
         if summary["status"] == "PASS":
             return EXIT_OK
         return EXIT_CRITERIA if summary["status"] == "FAIL" else EXIT_FAILURE
