@@ -137,7 +137,7 @@ def judge(key: str, a, b, better, floor: float, tolerance: float, how=None, xa=N
         xa, xb = -xa, -xb
     p = rank_test(xa, xb)
     shift = float(np.median(np.subtract.outer(xb, xa)))  # Hodges-Lehmann: how much worse a typical interval is
-    row.update({"shift": shift, "p": p, "confidence": 1.0 - p})
+    row.update({"shift": shift, "p": p, "confidence": 1.0 - p, "confidence_text": _confidence(p)})
     significant = p < 1.0 - confidence
     row["regression"] = significant and shift > floor and beyond_tolerance
     if not row["regression"] and worse > 0:
@@ -154,7 +154,8 @@ def _number(value, what: str, lo: float, hi: float, example: str) -> float:
     except (TypeError, ValueError):
         v = math.nan
     if not lo <= v < hi:
-        raise UsageError(f"{what} {value!r} must be a number from {lo:g} up to (not including) {hi:g}, e.g. {example}")
+        bound = f"at least {lo:g}" + ("" if hi == math.inf else f" and below {hi:g}")
+        raise UsageError(f"{what} {value!r} must be a number {bound}, e.g. {example}")
     return v
 
 
@@ -242,7 +243,7 @@ def format_comparison(r: dict) -> str:
         if f.get("p") is not None:
             line += (f"; per interval median {f['median_a']:,.4g} -> {f['median_b']:,.4g}, typical interval worse by "
                      f"{f['shift']:,.3g} (floor {f['floor']:g}); rank test p={f['p']:.2g} over {f['n_a']} / {f['n_b']} "
-                     f"intervals, confidence {_confidence(f['p'])}")
+                     f"intervals, confidence {f['confidence_text']}")
         else:
             line += f"; tolerance {r['tolerance'] * 100:.0f}%, floor {f['floor']:g}"
         lines.append(line)
