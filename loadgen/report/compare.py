@@ -5,8 +5,11 @@ A latency, connect-time, throughput or gateway-CPU figure regresses only when al
   - its per-interval values (the same percentile of each interval's merged histogram, or the interval's rate)
     are worse in B than in A by a one-sided Mann-Whitney rank test at the chosen confidence (default 99.9 %),
     with at least MIN_INTERVALS intervals in each run: too few intervals and the figure is shown, not judged;
-  - the typical interval got worse by more than the figure's floor (Hodges-Lehmann shift: the median of all
-    B-minus-A differences of interval values), so a significant but negligible change does not fail CI;
+  - the typical interval got worse (Hodges-Lehmann shift: the median of all B-minus-A differences of interval
+    values) by more than the intervals' own spread (the larger interquartile range of the two runs) and the
+    figure's floor. The rank test alone is not enough: seconds of one run are not independent draws, and on a
+    shared machine a whole run can sit a little higher than the next; a change smaller than the second-to-second
+    spread is noise to a reader of the charts too;
   - the headline figure is worse by more than `tolerance` (relative) and the floor.
 Events (failures, errors, unplanned disconnects; success rates as failure rates: 99.9 % -> 99.0 % is a 10x
 worse failure rate) regress when worse by more than `tolerance` and their floor. A figure that is one value per
@@ -137,11 +140,14 @@ def judge(key: str, a, b, better, floor: float, tolerance: float, how=None, xa=N
         xa, xb = -xa, -xb
     p = rank_test(xa, xb)
     shift = float(np.median(np.subtract.outer(xb, xa)))  # Hodges-Lehmann: how much worse a typical interval is
-    row.update({"shift": shift, "p": p, "confidence": 1.0 - p, "confidence_text": _confidence(p)})
+    spread = max(_iqr(xa), _iqr(xb))
+    row.update({"shift": shift, "spread": spread, "p": p, "confidence": 1.0 - p, "confidence_text": _confidence(p)})
     significant = p < 1.0 - confidence
-    row["regression"] = significant and shift > floor and beyond_tolerance
+    row["regression"] = significant and shift > max(floor, spread) and beyond_tolerance
     if not row["regression"] and worse > 0:
         row["note"] = ("within the run-to-run noise" if not significant else
+                       f"a typical interval is worse by {shift:.3g}, within the intervals' spread {spread:.3g}"
+                       if shift <= spread else
                        f"a typical interval is worse by {shift:.3g}, under the floor {floor:g}" if shift <= floor else
                        "within tolerance")
     return row
@@ -157,6 +163,11 @@ def _number(value, what: str, lo: float, hi: float, example: str) -> float:
         bound = f"at least {lo:g}" + ("" if hi == math.inf else f" and below {hi:g}")
         raise UsageError(f"{what} {value!r} must be a number {bound}, e.g. {example}")
     return v
+
+
+def _iqr(x: np.ndarray) -> float:
+    q75, q25 = np.percentile(x, [75, 25])
+    return float(q75 - q25)
 
 
 def _aligned(xa, ya, xb, yb) -> np.ndarray:
@@ -242,8 +253,8 @@ def format_comparison(r: dict) -> str:
         line = f"  {f['label']}: {_fmt(f['a'], f['unit'], f['better'])} -> {_fmt(f['b'], f['unit'], f['better'])} ({change})"
         if f.get("p") is not None:
             line += (f"; per interval median {f['median_a']:,.4g} -> {f['median_b']:,.4g}, typical interval worse by "
-                     f"{f['shift']:,.3g} (floor {f['floor']:g}); rank test p={f['p']:.2g} over {f['n_a']} / {f['n_b']} "
-                     f"intervals, confidence {f['confidence_text']}")
+                     f"{f['shift']:,.3g} (spread {f['spread']:,.3g}, floor {f['floor']:g}); rank test p={f['p']:.2g} "
+                     f"over {f['n_a']} / {f['n_b']} intervals, confidence {f['confidence_text']}")
         else:
             line += f"; tolerance {r['tolerance'] * 100:.0f}%, floor {f['floor']:g}"
         lines.append(line)
