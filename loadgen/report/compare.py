@@ -64,7 +64,7 @@ def rank_test(a, b) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n1, n2 = len(a), len(b)
     both = np.concatenate([a, b])
-    values, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
     upper = np.cumsum(counts)
     avg_rank = upper - (counts - 1) / 2.0  # ranks 1..n, ties share their mean rank
     u_b = float(avg_rank[inverse[n1:]].sum()) - n2 * (n2 + 1) / 2.0
