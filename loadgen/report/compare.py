@@ -258,6 +258,9 @@ def format_comparison(r: dict) -> str:
         else:
             line += f"; tolerance {r['tolerance'] * 100:.0f}%, floor {f['floor']:g}"
         lines.append(line)
+    unjudged = [f["label"] for f in r["figures"] if f["note"].startswith("not judged")]
+    if unjudged:
+        lines.append(f"  not judged (too few intervals, or one value per run): {', '.join(unjudged)}")
     for w in r["warnings"]:
         lines.append(f"  warning: {w}")
     lines.append(f"judged at {r['confidence'] * 100:g}% confidence, tolerance {r['tolerance'] * 100:g}%; page: {r['report']}")
