@@ -83,3 +83,19 @@ def test_rank_test_known_values():
     assert rank_test(np.ones(6), np.ones(6)) == 1.0  # all tied: no evidence
     same = rank_test(np.r_[1, 2, 3, 4, 5, 6.0], np.r_[1, 2, 3, 4, 5, 6.0])
     assert 0.4 < same < 0.6
+
+
+def test_page_draws_both_runs_from_their_planned_start(tmp_path):
+    """Each run's chart axis begins at its own first probe sample (5 s and 4 s before these two starts):
+    the page moves the candidate so both planned starts coincide."""
+    import html
+    import json
+    import re
+
+    res = compare_runs(run("same-plan-1"), run("demo-plan-1"), str(tmp_path / "c.html"))
+    assert any("plans differ in stages" in w for w in res["warnings"])
+    page = open(res["report"]).read()
+    svg = next(s for s in re.findall(r'<svg class="chart".*?</svg>', page, re.S) if 'aria-label="Active connections' in s)
+    data = json.loads(html.unescape(re.search(r'data-values="([^"]*)"', svg).group(1)))
+    first = {k: next(i for i, v in enumerate(y) if v is not None) for k, y in data["y"].items()}
+    assert first["A (baseline)"] == first["B (candidate)"] == 5

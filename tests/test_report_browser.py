@@ -212,7 +212,7 @@ def test_comparison_page_renders(browser, tmp_path):
     result = browser.evaluate(CHECK_JS)
     browser.screenshot(str(tmp_path / "compare.png"), result["height"])
     assert browser.errors() == [] and result["bad"] == [] and result["external"] == []
-    assert result["charts"] == 3 and result["status"] == "REGRESSION"
+    assert result["charts"] == 4 and result["status"] == "REGRESSION"
 
 
 def test_bare_run_dir_says_not_collected(browser, tmp_path):

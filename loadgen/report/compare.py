@@ -170,8 +170,13 @@ def _iqr(x: np.ndarray) -> float:
     return float(q75 - q25)
 
 
+def _planned_start(m: dict) -> float:
+    """Where a run's planned start sits on its own chart axis (0 when the run did not record one)."""
+    return next((sp["from"] for sp in m["series"].get("phase_spans", []) if sp["phase"] == "start"), 0.0)
+
+
 def _aligned(xa, ya, xb, yb) -> np.ndarray:
-    """Run B's series on run A's time axis (both: seconds since their own start)."""
+    """Run B's series on run A's time axis (xb already moved so both count from their planned start)."""
     ok = np.isfinite(yb)
     if not ok.any():
         return np.full(len(xa), np.nan)
@@ -203,8 +208,10 @@ def compare(run_a: str, run_b: str, out_path: str | None = None, tolerance: floa
     if sa["scenario"] != sb["scenario"]:
         warnings.append(f"scenarios differ: {sa['scenario']} vs {sb['scenario']}")
     charts = []
-    xa, xb = ma["series"]["x"], mb["series"]["x"]
-    for title, get, unit in (("Message latency P99 per interval", lambda m: m["series"].get("latency", {}).get("p99"), "ms"),
+    # B's chart axis moved so that both runs' planned starts coincide (each axis begins at its first probe sample)
+    xa, xb = ma["series"]["x"], mb["series"]["x"] - _planned_start(mb) + _planned_start(ma)
+    for title, get, unit in (("Message latency P50 per interval", lambda m: m["series"].get("latency", {}).get("p50"), "ms"),
+                             ("Message latency P99 per interval", lambda m: m["series"].get("latency", {}).get("p99"), "ms"),
                              ("Messages received per second", lambda m: m["series"].get("msgs_received"), "/s"),
                              ("Active connections", lambda m: m["series"].get("active_total"), "")):
         ya, yb = get(ma), get(mb)
