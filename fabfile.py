@@ -3,7 +3,7 @@
     fab cluster-test [-i inventory/local] [--scenario cluster] [--connections N --duration 60s | --stage 10s:2000 ...]
     fab preflight [-i INVENTORY]
     fab report reports/RUN_ID
-    fab compare reports/RUN_A reports/RUN_B [--tolerance 0.1]
+    fab compare reports/BASELINE reports/CANDIDATE [--tolerance 0.1] [--confidence 0.999]
     fab lab-up [--hosts 7] / fab lab-down
 """
 
@@ -12,6 +12,7 @@ import sys
 from fabric import task
 
 from loadgen.errors import LoadgenError
+from loadgen.fleet.fabtask import OptionTask
 
 DEFAULT_INVENTORY = "inventory/local"
 
@@ -34,20 +35,21 @@ def _list(value):
 
 
 @task(
+    klass=OptionTask, short={"inventory": "i"},
     iterable=["stage", "criterion"],
     help={
         "inventory": "Ansible inventory (default inventory/local: this machine)",
         "scenario": "connection | throughput | cluster (default cluster)",
         "connections": "total connections across all generators (with --duration)",
         "duration": "hold time for --connections (e.g. 60s, 1h)",
-        "stage": "DURATION:TOTAL_CONNECTIONS, repeatable (fleet totals, k6 semantics)",
+        "stage": "(takes a value, repeatable) DURATION:TOTAL_CONNECTIONS, fleet totals, k6 semantics",
         "rate": "messages per second per user",
         "message_size": "MESSAGE_SIZE in bytes",
         "min_generators": "proceed when at least this many generators are reachable (default: all)",
         "probe_interval": "seconds between host probe samples (default: run length / 60, within 1-5)",
         "deadman": "agents stop when the controller is silent this long (default 60s)",
         "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
-        "criterion": "override a success criterion, e.g. message_p99_ms<100 (repeatable)",
+        "criterion": "(takes a value, repeatable) override a success criterion, e.g. message_p99_ms<100",
         "reports_dir": "where run directories go (default reports/)",
     },
 )
@@ -68,7 +70,7 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections
     _guard(run, opts)
 
 
-@task(help={"inventory": "Ansible inventory (default inventory/local)"})
+@task(klass=OptionTask, short={"inventory": "i"}, help={"inventory": "Ansible inventory (default inventory/local)"})
 def preflight(c, inventory=DEFAULT_INVENTORY):
     """Check every host is reachable, clocks agree, tuning is live and the default plan fits."""
     from loadgen.fleet.clustertest import Options, preflight_only
@@ -76,34 +78,36 @@ def preflight(c, inventory=DEFAULT_INVENTORY):
     _guard(preflight_only, Options(inventory=inventory))
 
 
-@task
+@task(klass=OptionTask, help={"run_dir": "the run directory, e.g. reports/20261126-183007-cluster-e6e1"})
 def report(c, run_dir):
-    """(Re)build report.html and summary.json of a run directory."""
-    from loadgen.report import build_report
+    """(Re)build report.html and summary.json of a run directory; print the verdict and what failed."""
+    from loadgen.report import build_report, format_verdict
 
     def build():
-        summary = build_report(run_dir)
-        print(summary["report"])
+        print(format_verdict(build_report(run_dir)))
         return 0
 
     _guard(build)
 
 
-@task(help={"tolerance": "relative change that counts as a regression (default 0.10)"})
-def compare(c, run_a, run_b, tolerance=0.10):
-    """Compare a run with a baseline run; exit 99 on regression."""
-    from loadgen.report import compare_runs
+@task(klass=OptionTask, help={"run_a": "the BASELINE run directory (first)",
+                              "run_b": "the CANDIDATE run directory (second), judged against the baseline",
+                              "tolerance": "relative change that counts as a regression (default 0.10)",
+                              "confidence": "rank-test confidence a change must reach to count (default 0.999)"})
+def compare(c, run_a, run_b, tolerance="0.10", confidence="0.999"):
+    """Compare a candidate run with a baseline run (baseline first); print each regression; exit 99 on one."""
+    from loadgen.report import compare_runs, format_comparison
 
     def run():
-        result = compare_runs(run_a, run_b, tolerance=float(tolerance))
-        print(result.get("report", ""))
+        result = compare_runs(run_a, run_b, tolerance=tolerance, confidence=confidence)
+        print(format_comparison(result))
         return 99 if result["regressions"] else 0
 
     _guard(run)
 
 
 # --- lab (loadgen/lab): keep these two tasks at the end of the file ---------------------------
-@task(help={"hosts": "number of lab hosts (>= 3; default 7: 2 generators, 2 gateways, 3 infra)"})
+@task(klass=OptionTask, help={"hosts": "number of lab hosts (>= 3; default 7: 2 generators, 2 gateways, 3 infra)"})
 def lab_up(c, hosts=7):
     """Boot the systemd-nspawn lab (root) and write inventory/lab/."""
     from loadgen.lab import lab_up as _lab_up
@@ -111,7 +115,7 @@ def lab_up(c, hosts=7):
     _lab_up(int(hosts))
 
 
-@task(help={"purge": "also delete the cached rootfs and built artifacts"})
+@task(klass=OptionTask, help={"purge": "also delete the cached rootfs and built artifacts"})
 def lab_down(c, purge=False):
     """Tear the lab down; idempotent and safe when nothing is up."""
     from loadgen.lab import lab_down as _lab_down

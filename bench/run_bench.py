@@ -4,7 +4,7 @@
     .venv/bin/python bench/run_bench.py [--repeat 3] [--only echo,idle,workers] [--tune-sysctl]
 
 Target: bench/echo_server.c (built with cc into a temp dir), a single-threaded epoll WebSocket echo
-server, pinned to CPU 0; each generator pinned to CPU 1 (one core), as in ../shared/perf/BASELINE.md.
+server, pinned to CPU 0; each generator pinned to CPU 1 (one core), as in docs/baseline.md.
 A fresh target per measurement. Figures (medians of --repeat runs):
 
   echo     closed loop (one in flight per connection), --echo-conns connections, 1 KiB text frames:

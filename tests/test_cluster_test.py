@@ -119,8 +119,15 @@ def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
         mine = df[df["host"] == gen]
         assert mine[mine["metric"] == "agent_active_connections"]["value"].max() == 100
         assert mine[mine["metric"] == "agent_rss_bytes"]["value"].max() > 10 * 2**20
-    rows = {r["host"]: r for r in analyze_run(run)["hosts"]["rows"]}
+        assert (mine["metric"] == "agent_cpu_percent").any()  # by process: the host's CPU is the whole machine's
+    m = analyze_run(run)
+    rows = {r["host"]: r for r in m["hosts"]["rows"]}
     assert rows["gen1"]["memory_per_connection"] > 0 and rows["gen2"]["agent_rss_bytes_max"] > 10 * 2**20
+    pre = facts["preflight"]["hosts"]  # every host is this machine: one kernel, the controller's clock
+    assert len({pre[h]["boot_id"] for h in ("gen1", "gen2", "gw1", "gw2")}) == 1
+    assert all(pre[h]["clock_same_kernel"] and pre[h]["clock_offset_ms"] == 0 for h in pre)
+    assert m["hosts"]["machines"] == [{"hosts": ["gen1", "gen2", "gw1", "gw2"], "netns_shared": True}]
+    assert r.stdout.splitlines()[-2:] == [f"PASS: {os.path.basename(run)}", f"report: {os.path.abspath(run)}/report.html"]
     # the token never leaves the controller's memory except in mode-600 files
     token_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "work") for f in fs if f == "token"]
     assert token_files and all(os.stat(p).st_mode & 0o077 == 0 for p in token_files)

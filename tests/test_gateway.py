@@ -66,6 +66,27 @@ def test_send_delivers_with_ids_intact_and_acks(gateway):
     assert metric(gateway, "im_gateway_message_latency_count") == 2
 
 
+def test_delivery_delay_holds_every_send(tmp_path):
+    """testing.delivery_delay (the known slowdown tests/test_compare.py's slowed run used): a send is held, an
+    echo sent after it is not, and the gateway's own latency histogram includes the hold."""
+    gw = start_gateway(tmp_path, "testing:\n  delivery_delay: 200ms\n")
+
+    async def go():
+        async with connect(url(gw, "alice"), additional_headers=auth()) as a, \
+                connect(url(gw, "bob"), additional_headers=auth()) as b:
+            await a.send(json.dumps({"type": "send", "to": "bob", "id": "m-1", "ts": 1, "body": "late"}))
+            await a.send(json.dumps({"type": "echo", "id": 2, "ts": 2, "body": "now"}))
+            first, second = await recv_json(a), await recv_json(a)
+            return first, second, await recv_json(b)
+
+    try:
+        first, second, got = asyncio.run(go())
+        assert first["type"] == "echo" and second == {"type": "ack", "id": "m-1"} and got["body"] == "late"
+        assert metric(gw, "im_gateway_message_latency_sum") >= 0.2
+    finally:
+        gw.stop()
+
+
 def test_bad_frames_get_error_frames_and_connection_survives(gateway):
     async def go():
         async with connect(url(gateway, "carol"), additional_headers=auth()) as c:

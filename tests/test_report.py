@@ -276,3 +276,69 @@ def test_criteria_verdict_with_numpy_figures():
     assert rows[0]["passed"] is False and ok is False
     rows, ok = crit.evaluate([c], {"gateway_memory_per_connection_bytes": np.float64(5000.0)})
     assert rows[0]["passed"] is True and ok is True
+
+
+def test_phases_and_points_share_the_agents_clock(known):
+    """A bin is drawn at its middle, an agent's second fills one bin: the shaded hold holds exactly the
+    hold seconds (no ramp-up connects inside it), and the first point is half a bin after the planned start."""
+    path, truth, _ = known
+    m = analyze_run(path)
+    s, win = m["series"], m["window"]
+    hold = next(sp for sp in s["phase_spans"] if sp["phase"] == "hold")
+    start = next(sp for sp in s["phase_spans"] if sp["phase"] == "start")["from"]
+    inside = (s["x"] > hold["from"]) & (s["x"] < hold["to"])
+    assert np.array_equal(inside, s["hold"])
+    assert np.nansum(s["connects_ok"][inside]) == 0 and np.nansum(s["connects_ok"][~inside]) > 0
+    assert hold["from"] == pytest.approx(start + 20, abs=0.05)  # the plan ramps for 20 s, then holds
+    first = np.flatnonzero(np.isfinite(s["active_total"]))[0]
+    assert s["x"][first] == pytest.approx(start + win["bin_s"] / 2, abs=0.05)
+
+
+@pytest.mark.parametrize("lo, hi, unit", [(534.2 * 2**20, 572.9 * 2**20, "B"), (0, 60.9 * 2**20, "B"), (0, 1.5 * 2**20, "B"),
+                                          (0, 13.54, "ms"), (0, 2000, ""), (0.2, 0.7, "%"), (3, 3, "")])
+def test_axis_ticks_are_nice_and_cover_the_data(lo, hi, unit):
+    from loadgen.report.svg import nice_ticks, tick_labels
+
+    ticks = nice_ticks(lo, hi, unit=unit)
+    assert ticks[0] <= lo and ticks[-1] >= hi and 3 <= len(ticks) <= 8
+    labels = tick_labels(ticks, unit)
+    numbers = [float(label.split()[0].rstrip("%")) for label in labels]
+    step = numbers[1] - numbers[0]
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert round(mantissa, 6) in (1, 2, 5), labels
+    assert np.allclose(np.diff(numbers), step), labels
+    assert len({label.split()[-1] for label in labels}) == 1 or unit not in ("B", "ms")  # one unit per axis
+
+
+def test_hosts_of_one_machine_are_charted_once_and_judged_by_process(tmp_path):
+    """inventory/local: every host is this machine. The machine's CPU, memory and established count are shown
+    once for it (the count holds both ends), and CPU is attributed to the agents and gateways by process."""
+    path = tmp_path / "one-machine"
+    agents = [AgentSpec("gen-a"), AgentSpec("gen-b")]
+    make_run(str(path), agents, gateway_cpu=90.0)
+    apart = analyze_run(str(path))
+    assert any(c["title"] == "CPU - generator hosts" for c in apart["hosts"]["charts"])
+    assert apart["hosts"]["machines"] == []
+    run = json.loads((path / "run.json").read_text())
+    for facts in run["preflight"]["hosts"].values():
+        facts.update({"boot_id": "b0", "netns": "net:[4026531840]"})
+    (path / "run.json").write_text(json.dumps(run))
+    samples = pd.read_csv(path / "probes" / "samples.csv")
+    gen = samples[(samples["metric"] == "host_cpu_percent") & samples["host"].isin(["gen-a", "gen-b"])]
+    agent_cpu = gen.assign(metric="agent_cpu_percent", value=30.0)  # each agent: 30 % of one core over 2 workers
+    pd.concat([samples, agent_cpu]).to_csv(path / "probes" / "samples.csv", index=False)
+
+    m = analyze_run(str(path))
+    names = "gen-a, gen-b, gw1, gw2"
+    assert m["hosts"]["machines"] == [{"hosts": ["gen-a", "gen-b", "gw1", "gw2"], "netns_shared": True}]
+    titles = [c["title"] for c in m["hosts"]["charts"]]
+    assert "CPU - one machine (4 hosts)" in titles and "Memory used - one machine (4 hosts)" in titles
+    established = next(c for c in m["hosts"]["charts"] if c["title"] == "Established TCP connections (both ends) - one machine (4 hosts)")
+    assert established["note"] == f"one machine: {names}; both ends of each connection among them count"
+    assert not any(t.startswith(("CPU - generator", "CPU - gateway", "Established TCP connections - g")) for t in titles)
+    assert "Agent CPU, workers included (% of one core) - generator hosts" in titles
+    found = {f["id"]: f for f in m["summary"]["diagnostics"]["findings"]}
+    assert "generator_saturation" not in found
+    ev = found["shared_machine"]["evidence"]
+    assert ev[0] == f"{names} are one machine; its CPU peaked at 95% (all its cores)"
+    assert "gen-a: agent CPU per worker (2 worker(s)) peak 15%" in ev and "gw1: gateway process CPU peak 92%" in ev

@@ -44,6 +44,10 @@ CHECK_JS = r"""
     const drawn = marks.filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; });
     if (!marks.length || drawn.length !== marks.length || r.width < 200 || r.height < 50)
       bad.push(c.getAttribute("aria-label") + ` (${drawn.length}/${marks.length} marks, ${r.width}x${r.height})`);
+    // the top tick is at or above the data: nothing is drawn above the top grid line
+    const top = Math.min(...[...c.querySelectorAll("line.grid")].map(g => g.y1.baseVal.value));
+    const highest = Math.min(...marks.map(m => m.getBBox().y));
+    if (highest < top - 0.5) bad.push(c.getAttribute("aria-label") + ` (drawn at y ${highest} above the top tick at ${top})`);
   }
   const sections = [...document.querySelectorAll("body > section")].map(s => s.id);
   const external = [...document.querySelectorAll("[src],[href]")]
@@ -208,7 +212,7 @@ def test_comparison_page_renders(browser, tmp_path):
     result = browser.evaluate(CHECK_JS)
     browser.screenshot(str(tmp_path / "compare.png"), result["height"])
     assert browser.errors() == [] and result["bad"] == [] and result["external"] == []
-    assert result["charts"] == 3 and result["status"] == "REGRESSION"
+    assert result["charts"] == 4 and result["status"] == "REGRESSION"
 
 
 def test_bare_run_dir_says_not_collected(browser, tmp_path):

@@ -178,9 +178,7 @@ def print_summary(s: dict, out=sys.stdout) -> None:
              f"  Max: {_fmt(lat['max'])}", "", "Success Rate:", f"  Message Success: {rate(m['success_rate'])}", "",
              "Criteria:"]
     for r in s["criteria"]:
-        mark = {True: "PASS", False: "FAIL", None: "n/a "}[r["passed"]]
-        actual = "not measured" if r["actual"] is None else f"{r['actual']:.4g}"
-        lines.append(f"  [{mark}] {r['label']}: {actual} (target {r['op']} {r['target']:g})")
+        lines.append(f"  {crit.criterion_line(r)}")
     verdict = "PASSED" if s["passed"] else "FAILED"
     if not s["complete"]:
         verdict += f" (INCOMPLETE: {s['stopped_by'] or 'workers died'})"

@@ -581,21 +581,25 @@ class Worker:
         next_flush = t0 + 1_000_000_000
         next_quiet_check = t0
         profile = self.profile
-        phase, target = "ramp-up", 0
+        target = 0
         while not self.stopping:
             now = time.monotonic_ns()
             elapsed = (now - t0) / 1e9
             if elapsed >= profile.total_s:
+                if now >= next_flush:  # the last planned second gets its own row, not the drain's
+                    self.flush(t0, profile.phase_at(profile.total_s - 0.5), target)
+                    next_flush += 1_000_000_000
                 break
             target = profile.target_at(elapsed)
-            phase = profile.phase_at(elapsed)
             self.adjust(target, now)
             if now >= next_quiet_check:  # O(quiescing slots): at the tick, not at every due send
                 self.end_quiet_periods(now)
                 next_quiet_check = now + TICK_NS
             self.fire_sends(now)
             if now >= next_flush:
-                self.flush(t0, phase, target)
+                # the phase of the second this row counts (its middle), not of the instant it is written:
+                # the row that ends a ramp counts ramp connects
+                self.flush(t0, profile.phase_at(max(0.0, elapsed - 0.5)), target)
                 next_flush += 1_000_000_000
                 if parent is not None and os.getppid() != parent:
                     self.stopping = True  # the agent process died: never run load unattended

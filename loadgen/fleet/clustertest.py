@@ -23,7 +23,7 @@ from loadgen.fleet import probes
 from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
-from loadgen.fleet.preflight import check_fleet
+from loadgen.fleet.preflight import check_fleet, describe_clock
 from loadgen.plan.cluster import make_cluster_plan
 
 POLL_S = 2.0
@@ -443,10 +443,10 @@ class ClusterTest:
         return self.report()
 
     def report(self) -> int:
-        from loadgen.report import build_report
+        from loadgen.report import build_report, format_verdict
 
         summary = build_report(self.run_dir)
-        log(f"report: {os.path.abspath(summary['report'])} ({summary['status']})")
+        print(format_verdict(summary), flush=True)  # the same lines as `fab report`: verdict, what failed, the page
         if summary["status"] == "PASS":
             return EXIT_OK
         return EXIT_CRITERIA if summary["status"] == "FAIL" else EXIT_FAILURE
@@ -467,7 +467,7 @@ def preflight_only(opts: Options) -> int:
             h.close()
     for name, f in result["hosts"].items():
         if isinstance(f, dict):
-            log(f"{name}: clock offset {f.get('clock_offset_ms')} ms, open files {f.get('nofile_hard')}, "
+            log(f"{name}: {describe_clock(f)}, open files {f.get('nofile_hard')}, "
                 f"cores {f.get('cores')}, connections planned {f.get('connections_planned', '-')}")
     log(f"preflight passed: {len(ct.hosts)} hosts, plan {' '.join(ct.plan.stages)}")
     return EXIT_OK

@@ -16,17 +16,31 @@ SPEC_SYSCTLS = {
 }
 AGENT_BYTES_PER_CONN = 16 * 1024  # measured agent RSS per idle connection is below this (bench/)
 CLOCK_SKEW_LIMIT_S = 1.0
+CLOCK_SAMPLES = 5
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # one per running kernel: hosts that share it share a clock and CPUs
 
 
 def _facts_script(keys: list[str]) -> str:
     reads = "; ".join(f"echo sysctl:{k}=$(sysctl -n {k} 2>/dev/null | tr -s '\\t ' ' ')" for k in keys)
     return ("echo nofile_hard=$(ulimit -Hn); echo cores=$(nproc); "
             "echo mem_available_kb=$(awk '/MemAvailable/{print $2}' /proc/meminfo); "
+            f"echo boot_id=$(cat {BOOT_ID} 2>/dev/null); echo netns=$(readlink /proc/self/ns/net 2>/dev/null); "
             "echo port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range | tr -s '\\t ' ' '); " + reads)
 
 
-def clock_offset(host, samples: int = 3) -> dict:
-    """Offset of the host's clock from ours, NTP-style: the sample with the shortest round trip wins."""
+def local_boot_id() -> str | None:
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def clock_offset(host, samples: int = CLOCK_SAMPLES) -> dict:
+    """Offset of the host's clock from ours, NTP-style: the sample with the shortest round trip wins.
+
+    The remote clock was read at some instant within that round trip, so the estimate (remote minus the
+    round trip's midpoint) is off by at most half the round trip: that is its stated error."""
     best = None
     for _ in range(samples):
         t0 = time.time()
@@ -40,7 +54,19 @@ def clock_offset(host, samples: int = 3) -> dict:
             best = (remote - (t0 + t1) / 2, t1 - t0)
     if best is None:
         return {"clock_offset_ms": None}
-    return {"clock_offset_ms": round(best[0] * 1000, 3), "clock_rtt_ms": round(best[1] * 1000, 3)}
+    return {"clock_offset_ms": round(best[0] * 1000, 3), "clock_rtt_ms": round(best[1] * 1000, 3),
+            "clock_error_ms": round(best[1] * 500, 3), "clock_samples": samples}
+
+
+def describe_clock(f: dict) -> str:
+    if f.get("clock_same_kernel"):
+        return "clock offset 0 (the controller's own clock: same kernel)"
+    if f.get("clock_offset_ms") is None:
+        return "clock offset: not measured"
+    error = f.get("clock_error_ms")
+    return (f"clock offset {f['clock_offset_ms']:+.3f} ms"
+            + (f" +/- {error:.3f} ms (half the {f['clock_rtt_ms']:.3f} ms round trip of the best of "
+               f"{f.get('clock_samples', '?')} samples)" if error is not None else ""))
 
 
 def check_fleet(ct) -> dict:
@@ -48,13 +74,18 @@ def check_fleet(ct) -> dict:
     plan = ct.plan
     keys = sorted({k for d in SPEC_SYSCTLS.values() for k in d})
 
+    controller = local_boot_id()
+
     def one(host):
         r = host.run(_facts_script(keys), timeout=15)
         facts = {}
         for line in r.stdout.splitlines():
             k, _, v = line.partition("=")
             facts[k.strip()] = v.strip()
-        facts.update(clock_offset(host))
+        if controller and facts.get("boot_id") == controller:  # one kernel, one clock: nothing to measure
+            facts.update({"clock_offset_ms": 0.0, "clock_error_ms": 0.0, "clock_same_kernel": True})
+        else:
+            facts.update(clock_offset(host))
         return facts
 
     def version(host):
@@ -77,7 +108,7 @@ def check_fleet(ct) -> dict:
             continue
         off = f.get("clock_offset_ms")
         if off is not None and abs(off) > CLOCK_SKEW_LIMIT_S * 1000:
-            problems.append(f"{name}: clock is {off / 1000:+.2f}s off the controller (limit {CLOCK_SKEW_LIMIT_S:g}s); "
+            problems.append(f"{name}: {describe_clock(f)}: more than {CLOCK_SKEW_LIMIT_S:g}s off the controller; "
                             "lockstep start needs NTP")
         for role in ct.inv.roles_of(name):
             for key, want in SPEC_SYSCTLS.get(role, {}).items():

@@ -110,11 +110,15 @@ def sample_script(host, roles: list[str]) -> str:
         lines += [
             f"P=$(cat {shlex.quote(host.vars['_agent_pidfile'])} 2>/dev/null)",
             'if [ -n "$P" ] && [ -r /proc/$P/status ]; then '
-            "echo ag_rss_kb=$(ps -o rss= --pid $P --ppid $P | awk '{s+=$1} END{if (s > 0) print s}'); fi",
+            "echo ag_rss_kb=$(ps -o rss= --pid $P --ppid $P | awk '{s+=$1} END{if (s > 0) print s}'); "
+            # its CPU, workers included: on a machine shared with gateways the host's CPU is not the agent's
+            "echo ag_ticks=$(for c in $P $(ps -o pid= --ppid $P); do cat /proc/$c/stat 2>/dev/null; done "
+            "| awk '{s+=$14+$15} END{if (NR) print s}'); fi",
             f"echo ag_active=$(grep -o '\"active\": [0-9]*' {shlex.quote(host.vars['_agent_status'])} 2>/dev/null "
             "| grep -o '[0-9]*$')",
         ]
-    return "; ".join(lines)
+    # stamped at both ends: a sample is an instant between them (the /metrics fetch alone can take 100 ms)
+    return "; ".join(lines + ["echo ts_end=$(date +%s.%N)"])
 
 
 def parse_sample(text: str) -> dict[str, str]:
@@ -139,6 +143,10 @@ class SampleDeltas:
             ts = float(raw["ts"])
         except (KeyError, ValueError):
             return []
+        try:
+            ts = (ts + float(raw["ts_end"])) / 2
+        except (KeyError, ValueError):
+            pass
         rows = []
 
         def add(metric, value):
@@ -158,8 +166,12 @@ class SampleDeltas:
                                    ("ag_rss_kb", "agent_rss_bytes", 1024), ("ag_active", "agent_active_connections", 1)):
             if raw.get(key, "").strip().isdigit():
                 add(metric, int(raw[key]) * scale)
-        ticks = raw.get("gw_ticks", "")
-        if ticks.isdigit() and prev and prev.get("gw_ticks") is not None and ts > prev["ts"]:
-            add("gateway_cpu_percent", round((int(ticks) - prev["gw_ticks"]) / self.CLK_TCK / (ts - prev["ts"]) * 100, 2))
-        self.prev[host] = {"cpu": cpu, "ts": ts, "gw_ticks": int(ticks) if ticks.isdigit() else None}
+        state = {"cpu": cpu, "ts": ts}
+        for key, metric in (("gw_ticks", "gateway_cpu_percent"), ("ag_ticks", "agent_cpu_percent")):
+            ticks = raw.get(key, "")
+            state[key] = int(ticks) if ticks.isdigit() else None
+            # a worker that exits takes its ticks along: a negative delta is not a CPU figure
+            if state[key] is not None and prev and prev.get(key) is not None and ts > prev["ts"] and state[key] >= prev[key]:
+                add(metric, round((state[key] - prev[key]) / self.CLK_TCK / (ts - prev["ts"]) * 100, 2))
+        self.prev[host] = state
         return rows

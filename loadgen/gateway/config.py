@@ -36,6 +36,8 @@ class GatewayConfig:
     kafka_partitions: int = 1  # partitions of each node's topic
     kafka_replication_factor: int = 3  # capped at the number of live brokers
     topic_prefix: str = "im-gateway.node."
+    # testing: a known slowdown, so a baseline comparison can be shown to catch one (never for production)
+    delivery_delay_s: float = 0.0  # every `send` is held this long before it is routed
 
 
 _KEYS = {
@@ -62,6 +64,7 @@ _KEYS = {
     ("cluster", "kafka_partitions"): ("kafka_partitions", int),
     ("cluster", "kafka_replication_factor"): ("kafka_replication_factor", int),
     ("cluster", "topic_prefix"): ("topic_prefix", str),
+    ("testing", "delivery_delay"): ("delivery_delay_s", "duration"),
 }
 
 

@@ -274,15 +274,11 @@ class GatewaySession(WSListener):
         m = self.gw.metrics
         m.messages_received += 1
         if cmd.type == "send":
-            frame = protocol.deliver_frame(self.user, cmd)
-            if self.gw.router.deliver(cmd.to, frame):
-                m.messages_sent += 1
-                m.latency.observe(time.monotonic() - now)
-                self.push(protocol.ack_frame(cmd))
-            elif self.gw.router.remote:  # cluster mode: the user may be on another node
-                self.gw.router.route(cmd.to, frame, lambda error: self._routed(cmd, error))
+            delay = self.gw.config.delivery_delay_s
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self._send, cmd, now)
             else:
-                self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id, bad_frame=False)
+                self._send(cmd, now)
         elif cmd.type == "echo":
             self.push(protocol.echo_frame(cmd))
             m.messages_sent += 1
@@ -290,6 +286,18 @@ class GatewaySession(WSListener):
         else:  # ping: application heartbeat (refreshes the registry TTL in cluster mode)
             self.push(protocol.pong_frame(cmd))
             self.gw.router.heartbeat(self)
+
+    def _send(self, cmd, received: float) -> None:
+        m = self.gw.metrics
+        frame = protocol.deliver_frame(self.user, cmd)
+        if self.gw.router.deliver(cmd.to, frame):
+            m.messages_sent += 1
+            m.latency.observe(time.monotonic() - received)
+            self.push(protocol.ack_frame(cmd))
+        elif self.gw.router.remote:  # cluster mode: the user may be on another node
+            self.gw.router.route(cmd.to, frame, lambda error: self._routed(cmd, error))
+        else:
+            self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id, bad_frame=False)
 
     def _routed(self, cmd, error) -> None:
         """Cluster mode: the owning node's topic has the message (ack), or why not."""

@@ -6,8 +6,8 @@ clone of the rootfs with its own address, SSH host key and machine-id, and write
 inventory to ``inventory/lab/``.  ``lab_down()`` removes all of it again (the rootfs and the
 built artifacts stay cached unless ``purge=True``).
 
-Everything runs as root on the controller; see ``../shared/lab/RECIPE.md`` for the measured
-facts this follows.  Nothing outside the lab dir, the bridge, the cgroups named after the lab
+Everything runs as root on the controller; playbooks/README.md ("The lab") lists the steps and
+why.  Nothing outside the lab dir, the bridge, the cgroups named after the lab
 and ``inventory/lab/`` is touched.
 """
 

@@ -98,6 +98,13 @@ def apply_overrides(criteria: list[Criterion], overrides: list[str]) -> list[Cri
     return list(by_name.values())
 
 
+def criterion_line(r: dict) -> str:
+    """One criterion row as the summaries print it: '[FAIL] P99 message latency (ms): 212 (target < 200)'."""
+    mark = {True: "PASS", False: "FAIL", None: "n/a "}[r["passed"]]
+    actual = "not measured" if r["actual"] is None else f"{r['actual']:.4g}"
+    return f"[{mark}] {r['label']}: {actual} (target {r['op']} {r['target']:g})"
+
+
 def evaluate(criteria: list[Criterion], metrics: dict) -> tuple[list[dict], bool]:
     """Rows for summary.json and the verdict: passed when every measured criterion passed."""
     rows = [c.as_dict(metrics.get(c.name)) for c in criteria]

@@ -1,7 +1,8 @@
 """The report: a run directory (docs/data-format.md) -> report.html + summary.json, and baseline comparison.
 
     build_report(run_dir) -> summary dict ("status": PASS|FAIL|PARTIAL, "passed", "report", ...)
-    compare_runs(run_a, run_b, out_path=None, tolerance=0.10) -> {"regressions": [...], ...}
+    compare_runs(baseline, candidate, out_path=None, tolerance=0.10, confidence=0.999) -> {"regressions": [...], ...}
+    format_verdict(summary), format_comparison(result) -> what `fab report` / `fab compare` print
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from loadgen.report.analysis import analyze
 from loadgen.report.load import load_run
 
-__all__ = ["analyze_run", "build_report", "compare_runs", "write_json"]
+__all__ = ["analyze_run", "build_report", "compare_runs", "format_comparison", "format_verdict", "write_json"]
 
 
 def _jsonable(obj):
@@ -60,7 +61,27 @@ def build_report(run_dir: str) -> dict:
     return _jsonable(summary)
 
 
-def compare_runs(run_a: str, run_b: str, out_path: str | None = None, tolerance: float = 0.10) -> dict:
-    from loadgen.report.compare import compare
+def compare_runs(run_a: str, run_b: str, out_path: str | None = None, tolerance: float = 0.10,
+                 confidence: float | None = None) -> dict:
+    """run_a is the baseline, run_b the candidate judged against it."""
+    from loadgen.report.compare import DEFAULT_CONFIDENCE, compare
 
-    return compare(run_a, run_b, out_path, tolerance)
+    return compare(run_a, run_b, out_path, tolerance, DEFAULT_CONFIDENCE if confidence is None else confidence)
+
+
+def format_comparison(result: dict) -> str:
+    from loadgen.report.compare import format_comparison as fmt
+
+    return fmt(result)
+
+
+def format_verdict(summary: dict) -> str:
+    """The verdict, why (failed criteria, partial reasons) and the report's path: what `fab report` prints."""
+    from loadgen.plan.criteria import criterion_line
+
+    lines = [f"{summary['status']}: {summary['run_id']}"]
+    lines += [f"  {criterion_line(r)}" for r in summary["criteria"] if r["passed"] is False]
+    for why in summary["partial_reasons"]:
+        lines.append(f"  partial: {why}")
+    lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)

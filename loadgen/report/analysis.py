@@ -22,6 +22,7 @@ from loadgen.agent.pairs import pair_summary
 from loadgen.agent.runner import print_summary
 from loadgen.plan import criteria as crit
 from loadgen.report import diagnostics, hosts
+from loadgen.report.bins import ROW_S, bin_centers, row_bins, sample_bins
 from loadgen.report.hist import Hist, decoder
 from loadgen.report.load import RunData, run_agents, unreachable_hosts
 
@@ -58,11 +59,13 @@ def _window(run: RunData, ts: pd.DataFrame | None) -> dict:
     t0 = planned if planned is not None else first
     if t0 is None:
         return {"t0": None, "end": None, "bin_s": 1, "nbins": 0, "hold": None, "planned_start": planned}
-    if first is not None:
-        t0 = min(t0, first)  # nothing plots before zero
-    end = max(last if last is not None else t0 + 1, t0 + 1)
-    span = end - t0
+    earliest = min(t0, first) if first is not None else t0  # nothing plots before zero
+    end = max(last if last is not None else earliest + 1, earliest + 1)
+    span = end - earliest
     bin_s = next((b for b in NICE_BINS if span / b <= MAX_POINTS), int(math.ceil(span / MAX_POINTS)))
+    # whole bins before the planned start (loadgen.report.bins): the agents' seconds then fill bins exactly
+    t0 -= math.ceil((t0 - earliest) / bin_s) * bin_s
+    span = end - t0
     hold = None
     if ts is not None and len(ts):
         h = ts.loc[ts["phase"] == "hold", "ts"]
@@ -319,10 +322,10 @@ def analyze(run: RunData) -> dict:
     scenario = str(run.plan.get("scenario") or next((a.summary.get("scenario") for a in run.agents.values() if a.summary), "") or "cluster")
     nb = win["nbins"]
     if ts is not None:
-        ts["bin"] = np.clip(((ts["ts"] - win["t0"]) // win["bin_s"]).astype("int64"), 0, nb - 1)
+        ts["bin"] = row_bins(ts["ts"], win)
 
     lat = merge_histograms(ts, "latency_hdr", hosts_, True, nb)
-    con = merge_histograms(ts, "connect_hdr", hosts_, False, nb)
+    con = merge_histograms(ts, "connect_hdr", hosts_, True, nb)
     ses = merge_histograms(ts, "session_hdr", hosts_, False, nb)
     bad_cells = lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"]
 
@@ -400,7 +403,7 @@ def analyze(run: RunData) -> dict:
     for r in rows:
         r["evidence"] = evidence.get(r["name"], "")
 
-    series = _series(ts, win, lat, gw, gw_source)
+    series = _series(ts, win, lat, con, gw, gw_source)
     # agents, skew, partial
     facts_by_agent = run_agents(run.run)
     unreachable = unreachable_hosts(run.run)
@@ -521,9 +524,9 @@ def headline_figures(s: dict) -> dict:
     }
 
 
-def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | None, gw_source: str) -> dict:
+def _series(ts: pd.DataFrame | None, win: dict, lat: dict, con: dict, gw: pd.DataFrame | None, gw_source: str) -> dict:
     nb, bin_s = win["nbins"], win["bin_s"]
-    out: dict = {"x": np.arange(nb) * bin_s + bin_s if nb else np.array([]), "bin_s": bin_s}
+    out: dict = {"x": bin_centers(win), "bin_s": bin_s}
     if ts is not None and nb:
         idx = pd.RangeIndex(nb)
         last = ts.groupby(["bin", "host", "worker"], sort=False)["active"].last()
@@ -536,10 +539,14 @@ def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | No
         for col in sums.columns:
             out[col] = sums[col].to_numpy(dtype=float)
         out["phase_spans"] = _phase_spans(ts, win)
+        out["hold"] = np.zeros(nb, dtype=bool)  # bins with a hold-phase row: the steady state
+        out["hold"][ts.loc[ts["phase"] == "hold", "bin"].unique()] = True
     if lat.get("per_bin"):
         out["latency"] = lat["per_bin"]
+    if con.get("per_bin"):
+        out["connect"] = con["per_bin"]
     if gw is not None and len(gw) and nb:
-        g = gw.assign(bin=np.clip(((gw["ts"] - win["t0"]) // bin_s).astype("int64"), 0, nb - 1))
+        g = gw.assign(bin=sample_bins(gw["ts"], win))
         for col, key in (("conns", "active_by_node"), ("rss", "rss_by_node"), ("cpu_percent", "cpu_by_node"), ("fds", "fds_by_node")):
             wide = g.dropna(subset=[col]).groupby(["bin", "node"])[col].last().unstack()
             out[key] = {n: wide[n].reindex(pd.RangeIndex(nb)).to_numpy(dtype=float) for n in wide.columns}
@@ -549,8 +556,8 @@ def _series(ts: pd.DataFrame | None, win: dict, lat: dict, gw: pd.DataFrame | No
 
 def _phase_spans(ts: pd.DataFrame, win: dict) -> list[dict]:
     spans = ts.groupby("phase")["ts"].agg(["min", "max"]).reset_index()
-    out = [{"phase": r.phase, "from": float(r["min"] - 1 - win["t0"]), "to": float(r["max"] - win["t0"])}
-           for _, r in spans.sort_values("min").iterrows()]  # a row's ts is the end of its 1-s interval
+    out = [{"phase": r.phase, "from": float(r["min"] - ROW_S - win["t0"]), "to": float(r["max"] - win["t0"])}
+           for _, r in spans.sort_values("min").iterrows()]  # from the start of a phase's first second to the end of its last
     if win["planned_start"] is not None:
         out.append({"phase": "start", "from": float(win["planned_start"] - win["t0"]), "to": None})
     return out

@@ -23,6 +23,7 @@ def _target(summary: dict, name: str, default: float) -> float:
 
 
 def _fmt_t(seconds: float) -> str:
+    """A time on the charts' axis; a bin is named by its end, as the agents stamp their seconds."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
@@ -40,8 +41,23 @@ def _probe_values(host_info: dict, probe: str, key: str, role: str | None = None
     return out
 
 
-def _host_max(host_info: dict, metric: str, role: str) -> list[tuple[str, float]]:
-    return [(r["host"], r[f"{metric}_max"]) for r in host_info["rows"] if r.get("role") == role and r.get(f"{metric}_max") is not None]
+def _own_cpu(host_info: dict, agents: dict, role: str) -> list[tuple[str, float, str]]:
+    """(host, CPU peak %, what it is) of each host of a role, by process where sampled: an agent per worker
+    (one core each), a gateway process; the host's CPU only when the host is a machine of its own."""
+    shared = {h for m in host_info.get("machines", []) for h in m["hosts"]}
+    out = []
+    for r in host_info["rows"]:
+        if r.get("role") != role:
+            continue
+        h = r["host"]
+        if role == "generator" and r.get("agent_cpu_percent_max") is not None:
+            workers = max(1, (agents.get(h) or {}).get("workers") or 1)
+            out.append((h, r["agent_cpu_percent_max"] / workers, f"agent CPU per worker ({workers} worker(s))"))
+        elif role == "gateway" and r.get("gateway_cpu_percent_max") is not None:
+            out.append((h, r["gateway_cpu_percent_max"], "gateway process CPU"))
+        elif h not in shared and r.get("host_cpu_percent_max") is not None:
+            out.append((h, r["host_cpu_percent_max"], "host CPU"))
+    return out
 
 
 def check_connect_timeouts(s, series, nodes, host_info, agents, win):
@@ -67,9 +83,9 @@ def check_connect_timeouts(s, series, nodes, host_info, agents, win):
         ev.append(f"{host}: SYN-RECV sockets {b} before, {a} after (ss -s)")
     if not overflow:
         ev.append("listen-queue overflow counters: not collected (probe nstat/netstat-s)")
-    cpu = _host_max(host_info, "host_cpu_percent", "gateway")
+    cpu = _own_cpu(host_info, agents, "gateway")
     if cpu:
-        ev.append("gateway host CPU peak: " + ", ".join(f"{h} {v:.0f}%" for h, v in cpu))
+        ev.append("gateway CPU peak: " + ", ".join(f"{h} {v:.0f}% ({what})" for h, v, what in cpu))
     return {"id": "connect_timeouts", "title": "Connection timeouts / slow connection establishment", "severity": "fail",
             "evidence": ev, "actions": ["Increase net.core.somaxconn and net.ipv4.tcp_max_syn_backlog on the gateways",
                                         "Increase the gateway's websocket handshake_timeout",
@@ -118,16 +134,16 @@ def check_latency(s, series, nodes, host_info, agents, win):
         over = np.flatnonzero(np.nan_to_num(lat["p99"], nan=0) > target)
         if len(over):
             ev.append(f"interval P99 above {target:g} ms in {len(over)} of {int(np.isfinite(lat['p99']).sum())} intervals, "
-                      f"first at {_fmt_t(over[0] * win['bin_s'])}")
+                      f"first at {_fmt_t((over[0] + 1) * win['bin_s'])}")
     hot = [n for n in nodes if (n.get("cpu_peak") or 0) > CPU_LIMIT]
     for n in hot:
         ev.append(f"gateway {n['node']}: process CPU peak {n['cpu_peak']:.0f}% (> {CPU_LIMIT:.0f}%): latency is likely CPU-bound")
-    for h, v in _host_max(host_info, "host_cpu_percent", "gateway"):
-        if v > CPU_LIMIT:
+    for h, v, what in _own_cpu(host_info, agents, "gateway"):
+        if v > CPU_LIMIT and what == "host CPU":  # the process figure is in the node list above
             ev.append(f"gateway host {h}: CPU peak {v:.0f}% (> {CPU_LIMIT:.0f}%)")
-    for h, v in _host_max(host_info, "host_cpu_percent", "generator"):
+    for h, v, what in _own_cpu(host_info, agents, "generator"):
         if v > CPU_LIMIT:
-            ev.append(f"generator {h}: CPU peak {v:.0f}% - the generator itself may add latency; add generators")
+            ev.append(f"generator {h}: {what} peak {v:.0f}% - the generator itself may add latency; add generators")
     if not nodes and not host_info["samples_present"]:
         ev.append("gateway CPU: not collected")
     for host, b, a in _probe_values(host_info, "redis-info", "instantaneous_ops_per_sec"):
@@ -165,7 +181,7 @@ def check_disconnects(s, series, nodes, host_info, agents, win):
         floor = np.nan_to_num(active) * 0.01
         spikes = np.flatnonzero((np.nan_to_num(d) > SPIKE_FACTOR * med) & (per_bin > floor) & (per_bin >= 10))
         for i in spikes[:5]:
-            ev.append(f"spike at {_fmt_t(i * win['bin_s'])}: {per_bin[i]:,.0f} disconnects in {win['bin_s']} s "
+            ev.append(f"spike at {_fmt_t((i + 1) * win['bin_s'])}: {per_bin[i]:,.0f} disconnects in {win['bin_s']} s "
                       f"({d[i]:,.1f}/s vs median {med:,.1f}/s)")
     if not len(spikes) and c["disconnects"] <= DISCONNECT_SHARE * max(1, c["established"]):
         return None
@@ -198,13 +214,34 @@ def check_heartbeat(s, series, nodes, host_info, agents, win):
 
 
 def check_generators(s, series, nodes, host_info, agents, win):
-    hot = [(h, v) for h, v in _host_max(host_info, "host_cpu_percent", "generator") if v > CPU_LIMIT]
+    hot = [(h, v, what) for h, v, what in _own_cpu(host_info, agents, "generator") if v > CPU_LIMIT]
     if not hot:
         return None
     return {"id": "generator_saturation", "title": "Load generators near CPU saturation", "severity": "warn",
-            "evidence": [f"{h}: CPU peak {v:.0f}%" for h, v in hot],
+            "evidence": [f"{h}: {what} peak {v:.0f}%" for h, v, what in hot],
             "actions": ["Add generators or lower the per-generator share: a saturated generator inflates latency "
                         "and delays connects"]}
+
+
+def check_shared_machine(s, series, nodes, host_info, agents, win):
+    """Hosts that are one machine compete for its CPU: say so, with each process's share, instead of
+    blaming the generators (or the gateways) for the machine's load."""
+    ev = []
+    for m in host_info.get("machines", []):
+        rows = [r for r in host_info["rows"] if r["host"] in m["hosts"]]
+        peak = max((r["host_cpu_percent_max"] for r in rows if r.get("host_cpu_percent_max") is not None), default=None)
+        if peak is None or peak <= CPU_LIMIT:
+            continue
+        ev.append(f"{', '.join(m['hosts'])} are one machine; its CPU peaked at {peak:.0f}% (all its cores)")
+        own = _own_cpu(host_info, agents, "generator") + _own_cpu(host_info, agents, "gateway")
+        ev += [f"{h}: {what} peak {v:.0f}%" for h, v, what in own if h in m["hosts"]]
+        if not own:
+            ev.append("per-process CPU: not sampled in this run")
+    if not ev:
+        return None
+    return {"id": "shared_machine", "title": "Generators and gateways share a busy machine", "severity": "warn",
+            "evidence": ev, "actions": ["Figures of a shared machine measure the pair (load and system under test) "
+                                        "together: for capacity numbers put generators and gateways on separate hosts"]}
 
 
 def check_skew(s, series, nodes, host_info, agents, win):
@@ -257,7 +294,8 @@ def check_partial(s, series, nodes, host_info, agents, win):
 
 
 CHECKS = (check_partial, check_connect_timeouts, check_connect_rejections, check_generator_limits, check_latency,
-          check_leak, check_disconnects, check_heartbeat, check_messages, check_generators, check_imbalance, check_skew)
+          check_leak, check_disconnects, check_heartbeat, check_messages, check_generators, check_shared_machine,
+          check_imbalance, check_skew)
 
 
 def run_checks(summary, series, nodes, host_info, agents, win) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from loadgen.gateway.metrics import parse_exposition
+from loadgen.report.bins import sample_bins
 from loadgen.report.svg import band
 
 ROLE_ORDER = ("gateway", "generator", "etcd", "redis", "kafka")
@@ -144,10 +145,8 @@ def _roles(run, samples: pd.DataFrame | None) -> dict:
 
 
 def _binned(df: pd.DataFrame, win: dict, how: str = "mean") -> dict:
-    nb, bin_s = win["nbins"], win["bin_s"]
-    b = np.clip(((df["ts"] - win["t0"]) // bin_s).astype("int64"), 0, nb - 1)
-    wide = df.assign(bin=b).groupby(["bin", "host"])["value"].agg(how).unstack()
-    idx = pd.RangeIndex(nb)
+    wide = df.assign(bin=sample_bins(df["ts"], win)).groupby(["bin", "host"])["value"].agg(how).unstack()
+    idx = pd.RangeIndex(win["nbins"])
     return {h: wide[h].reindex(idx).to_numpy(dtype=float) for h in wide.columns}
 
 
@@ -165,9 +164,37 @@ def _agent_memory_per_connection(g: pd.DataFrame) -> float | None:
     return float(wide.at[peak, "agent_rss_bytes"] / conns) if conns > 0 else None
 
 
+# a host's figures vs its processes': hosts that are one machine share the first kind
+MACHINE_METRICS = ("host_cpu_percent", "host_mem_used_bytes", "established")
+HOST_CHARTS = (("host_cpu_percent", "CPU", "%"), ("host_mem_used_bytes", "Memory used", "B"),
+               ("gateway_cpu_percent", "Gateway process CPU (% of one core)", "%"),
+               ("agent_cpu_percent", "Agent CPU, workers included (% of one core)", "%"),
+               ("gateway_rss_bytes", "Gateway process RSS", "B"),
+               ("agent_rss_bytes", "Agent RSS (all its processes)", "B"),
+               ("gateway_fds", "Gateway open file descriptors", ""),
+               ("established", "Established TCP connections", ""))
+
+
+def shared_machines(run) -> list[dict]:
+    """Inventory hosts that are one machine (one boot_id in preflight): [{"hosts", "netns_shared"}]."""
+    pre = (run.run.get("preflight") or {}).get("hosts") or {}
+    by_boot: dict = {}
+    for host, f in (pre.items() if isinstance(pre, dict) else ()):
+        if isinstance(f, dict) and f.get("boot_id"):
+            by_boot.setdefault(f["boot_id"], []).append(host)
+    out = []
+    for hosts in by_boot.values():
+        if len(hosts) > 1:
+            netns = {pre[h].get("netns") for h in hosts}
+            out.append({"hosts": sorted(hosts), "netns_shared": len(netns) == 1 and None not in netns and "" not in netns})
+    return out
+
+
 def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
     samples = run.samples
     roles = _roles(run, samples)
+    machines = shared_machines(run)
+    machine_of = {h: m for m in machines for h in m["hosts"]}
     rows: dict = {}
     charts = []
     if samples is not None and len(samples) and win["nbins"]:
@@ -179,21 +206,36 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
             agent_mem = _agent_memory_per_connection(g)
             if agent_mem is not None:
                 row["memory_per_connection"] = agent_mem
+            if host in machine_of:
+                row["shared_machine"] = machine_of[host]["hosts"]
+
+        def shared(host, metric):  # this host's figure is the machine's, charted once for the machine
+            m = machine_of.get(host)
+            return m is not None and metric in MACHINE_METRICS and (metric != "established" or m["netns_shared"])
+
         # gateways and generators get charts of their own; every other role shares 'infrastructure' charts
         group_of = {h: (r if r in ("gateway", "generator") else "infrastructure") for h, r in roles.items()}
         groups = [g for g in ("gateway", "generator", "infrastructure")
                   if any(group_of.get(h, "infrastructure") == g for h in samples["host"].unique())]
         for role in groups:
             in_role = samples[samples["host"].map(lambda h: group_of.get(h, "infrastructure")) == role]
-            for metric, title, unit in (("host_cpu_percent", "CPU", "%"), ("host_mem_used_bytes", "Memory used", "B"),
-                                        ("gateway_rss_bytes", "Gateway process RSS", "B"),
-                                        ("agent_rss_bytes", "Agent RSS (all its processes)", "B"),
-                                        ("gateway_fds", "Gateway open file descriptors", ""),
-                                        ("established", "Established TCP connections", "")):
-                m = in_role[in_role["metric"] == metric]
+            for metric, title, unit in HOST_CHARTS:
+                m = in_role[(in_role["metric"] == metric) & ~in_role["host"].map(lambda h: shared(h, metric))]
                 if len(m):
                     charts.append({"title": f"{title} - {role} hosts", "unit": unit,
                                    "series": band(_binned(m, win))})
+        for machine in machines:
+            note = "one machine: " + ", ".join(machine["hosts"])
+            for metric, title, unit in HOST_CHARTS:
+                if not shared(machine["hosts"][0], metric):
+                    continue
+                m = samples[(samples["metric"] == metric) & samples["host"].isin(machine["hosts"])]
+                if len(m):  # every host of it samples the same counters: one line, their mean per bin
+                    series = {"machine": pd.DataFrame(_binned(m, win)).mean(axis=1).to_numpy()}
+                    both = " (both ends)" if metric == "established" else ""
+                    charts.append({"title": f"{title}{both} - one machine ({len(machine['hosts'])} hosts)", "unit": unit,
+                                   "series": series, "note": note + (
+                                       "; both ends of each connection among them count" if both else "")})
     by_node = {n["node"]: n for n in nodes}
     for host, node in by_node.items():
         row = rows.setdefault(host, {"host": host, "role": roles.get(host, "gateway")})
@@ -227,4 +269,5 @@ def analyze_hosts(run, win: dict, nodes: list[dict]) -> dict:
     ordered = sorted(rows.values(), key=lambda r: (ROLE_ORDER.index(r["role"]) if r["role"] in ROLE_ORDER else len(ROLE_ORDER),
                                                    r["role"], r["host"]))
     return {"rows": ordered, "charts": charts, "infra": infra, "system_probes": system, "roles": roles, "sysctls": sysctls,
+            "machines": machines,
             "samples_present": samples is not None and len(samples) > 0, "probes_present": bool(run.probes)}

@@ -68,7 +68,7 @@ def charts(m: dict) -> dict:
                          {"P50": lat["p50"], "P95": lat["p95"], "P99": lat["p99"]}, "ms", spans))
     hosts = []
     for c in m["hosts"]["charts"]:
-        hosts.append(_chart(c["title"], x, c["series"], c["unit"], spans))
+        hosts.append(_chart(c["title"], x, c["series"], c["unit"], spans, c.get("note")))
     for key, title, unit in (("rss_by_node", "Gateway RSS per node", "B"), ("cpu_by_node", "Gateway process CPU per node", "%"),
                              ("fds_by_node", "Gateway open file descriptors per node", "")):
         if s.get(key) and s.get("gateway_source") != "probes/samples.csv":  # else the host charts show them

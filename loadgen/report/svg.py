@@ -17,14 +17,19 @@ W, H = 920, 240
 ML, MR, MT, MB = 70, 16, 30, 34
 
 
+BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def _byte_unit(v: float) -> tuple[str, int]:
+    return next(((u, f) for u, f in BYTE_UNITS if abs(v) >= f), ("B", 1))
+
+
 def fmt_value(v: float, unit: str = "") -> str:
     if v is None or not math.isfinite(v):
         return "-"
     if unit == "B":
-        for u, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if abs(v) >= f:
-                return f"{v / f:.3g} {u}"
-        return f"{v:.0f} B"
+        u, f = _byte_unit(v)
+        return f"{v / f:.3g} {u}" if f > 1 else f"{v:.0f} B"
     if unit == "%":
         return f"{v:.3g}%"
     a = abs(v)
@@ -48,18 +53,27 @@ def fmt_clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, n: int = 5, unit: str = "") -> list[float]:
+    """Axis ticks 1, 2 or 5 x 10^k apart (of MiB, KiB... for bytes), from at or below lo to at or above hi."""
     if hi <= lo:
         hi = lo + 1
-    raw = (hi - lo) / n
+    scale = _byte_unit(max(abs(lo), abs(hi)))[1] if unit == "B" else 1
+    lo_u, hi_u = lo / scale, hi / scale
+    raw = (hi_u - lo_u) / n
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.floor(lo_u / step + 1e-9), math.ceil(hi_u / step - 1e-9)
+    return [round(i * step, 10) * scale for i in range(first, last + 1)]
+
+
+def tick_labels(ticks: list[float], unit: str = "") -> list[str]:
+    """One unit and one number of decimals for every tick of an axis (no '534 / 553 MiB', no '1 MiB' next to '512 KiB')."""
+    if unit != "B":
+        return [fmt_value(t, unit) for t in ticks]
+    name, scale = _byte_unit(max(abs(t) for t in ticks))
+    step = abs(ticks[1] - ticks[0]) / scale if len(ticks) > 1 else 1
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step else 0
+    return [f"{t / scale:.{decimals}f} {name}" for t in ticks]
 
 
 def _time_ticks(x_max: float) -> list[float]:
@@ -81,8 +95,8 @@ def line_chart(title: str, x, series: dict, unit: str = "", spans: list[dict] | 
     lo, hi = (0.0 if y_min0 else float(finite.min())), float(finite.max())
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
-    yt = nice_ticks(lo, hi)
-    lo, hi = min(lo, yt[0]), max(hi, yt[-1])
+    yt = nice_ticks(lo, hi, unit=unit)
+    lo, hi = yt[0], yt[-1]  # the axis spans its ticks: the top tick is at or above the data's max
     x_max = float(x.max()) if len(x) else 1.0
     pw, ph = W - ML - MR, H - MT - MB
 
@@ -101,10 +115,10 @@ def line_chart(title: str, x, series: dict, unit: str = "", spans: list[dict] | 
         if sp.get("phase") == "hold" and x_max:
             x1, x2 = sx(max(0, sp["from"])), sx(min(x_max, sp["to"]))
             parts.append(f'<rect class="hold" x="{x1:.1f}" y="{MT}" width="{max(0, x2 - x1):.1f}" height="{ph}"><title>hold phase</title></rect>')
-    for t in yt:
+    for t, label in zip(yt, tick_labels(yt, unit)):
         y = sy(t)
         parts.append(f'<line class="grid" x1="{ML}" x2="{W - MR}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text class="tick" x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt_value(t, unit))}</text>')
+                     f'<text class="tick" x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
     for t in _time_ticks(x_max):
         xx = sx(t)
         parts.append(f'<line class="axis" x1="{xx:.1f}" x2="{xx:.1f}" y1="{MT + ph}" y2="{MT + ph + 4}"/>'
@@ -148,17 +162,17 @@ def bar_chart(title: str, labels: list[str], values: list[float], unit: str = ""
     if not pairs:
         return None
     hi = max(v for _, v in pairs) or 1.0
-    yt = nice_ticks(0, hi)
+    yt = nice_ticks(0, hi, unit=unit)
     hi = yt[-1]
     pw, ph = W - ML - MR, H - MT - MB
     n = len(pairs)
     bw = pw / n
     parts = [f'<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="{escape(title)}">',
              f'<text class="title" x="{ML}" y="18">{escape(title)}</text>']
-    for t in yt:
+    for t, label in zip(yt, tick_labels(yt, unit)):
         y = MT + ph * (1 - t / hi)
         parts.append(f'<line class="grid" x1="{ML}" x2="{W - MR}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text class="tick" x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt_value(t, unit))}</text>')
+                     f'<text class="tick" x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
     show_labels = n <= 24
     for i, (label, v) in enumerate(pairs):
         h = ph * v / hi
