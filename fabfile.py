@@ -1,6 +1,6 @@
 """Fabric tasks: thin wrappers; the work is in loadgen/ (fleet, report, lab) so tests can call it.
 
-    fab cluster-test [-i inventory/local] [--scenario cluster] [--connections N --duration 60s | --stage 10s:2000 ...]
+    fab cluster-test [-i inventory/local] [--scenario cluster] [--vus N --duration 60s | --stage 10s:2000 ...]
     fab preflight [-i INVENTORY]
     fab report reports/RUN_ID
     fab compare reports/BASELINE reports/CANDIDATE [--tolerance 0.1] [--confidence 0.999]
@@ -28,6 +28,11 @@ def _guard(fn, *args, **kwargs):
         raise SystemExit(code)
 
 
+def _text(value):
+    """Fabric hands over text, or True for a flag given without a value; loadgen parses it (with its name)."""
+    return None if value is None else str(value)
+
+
 def _list(value):
     if not value:
         return []
@@ -40,34 +45,30 @@ def _list(value):
     help={
         "inventory": "Ansible inventory (default inventory/local: this machine)",
         "scenario": "connection | throughput | cluster (default cluster)",
-        "connections": "total connections across all generators (with --duration)",
-        "duration": "hold time for --connections (e.g. 60s, 1h)",
-        "stage": "(takes a value, repeatable) DURATION:TOTAL_CONNECTIONS, fleet totals, k6 semantics",
+        "vus": "connections (virtual users) across all generators, held for --duration",
+        "duration": "how long to hold --vus (e.g. 60s, 1h)",
+        "stage": "(takes a value, repeatable) DURATION:TARGET, TARGET connections across all generators (k6 semantics)",
         "rate": "messages per second per user",
         "message_size": "MESSAGE_SIZE in bytes",
         "min_generators": "proceed when at least this many generators are reachable (default: all)",
         "probe_interval": "seconds between host probe samples (default: run length / 60, within 1-5)",
-        "deadman": "agents stop when the controller is silent this long (default 60s)",
+        "deadman_timeout": "agents and gateways stop when the controller is silent this long (default 60s)",
         "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
         "criterion": "(takes a value, repeatable) override a success criterion, e.g. message_p99_ms<100",
         "reports_dir": "where run directories go (default reports/)",
     },
 )
-def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", connections=None, duration=None, stage=None,
-                 rate=None, message_size=None, min_generators=None, probe_interval=None, deadman="60s",
+def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, duration=None, stage=None,
+                 rate=None, message_size=None, min_generators=None, probe_interval=None, deadman_timeout="60s",
                  token_file=None, criterion=None, reports_dir="reports"):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
-    from loadgen.plan.options import _positive_int
 
-    opts = Options(inventory=inventory, scenario=scenario,
-                   connections=_positive_int(connections, "--connections", 10_000_000) if connections else None,
-                   duration=duration, stages=_list(stage), rate=float(rate) if rate is not None else None,
-                   message_size=_positive_int(message_size, "--message-size", 1_048_576) if message_size else None,
-                   min_generators=int(min_generators) if min_generators else None,
-                   probe_interval=float(probe_interval) if probe_interval else None, deadman=deadman, token_file=token_file,
-                   criteria=_list(criterion), reports_dir=reports_dir)
-    _guard(run, opts)
+    _guard(run, Options(inventory=inventory, scenario=scenario, vus=_text(vus), duration=_text(duration),
+                        stages=_list(stage), rate=_text(rate), message_size=_text(message_size),
+                        min_generators=_text(min_generators), probe_interval=_text(probe_interval),
+                        deadman_timeout=str(deadman_timeout), token_file=token_file, criteria=_list(criterion),
+                        reports_dir=reports_dir))
 
 
 @task(klass=OptionTask, short={"inventory": "i"}, help={"inventory": "Ansible inventory (default inventory/local)"})

@@ -22,37 +22,39 @@ class _Parser(argparse.ArgumentParser):
 def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="run a load scenario (connection, throughput, cluster)",
                        description="Run one agent: open connections per the plan, send on schedule, measure.")
-    p.add_argument("scenario", help="connection | throughput | cluster")
+    p.add_argument("scenario", nargs="?", help="connection | throughput | cluster (not with --plan)")
+    p.add_argument("--plan", metavar="FILE", help="run this plan.json (as fab cluster-test writes it; "
+                   "docs/data-format.md) instead of building one from the flags below")
     p.add_argument("--vus", help="connections (virtual users) held constant for --duration")
     p.add_argument("--duration", help="how long to hold --vus (e.g. 30s, 10m, 1h)")
     p.add_argument("--stage", action="append", metavar="DURATION:TARGET",
                    help="ramp to TARGET connections over DURATION; repeatable (k6 semantics)")
-    p.add_argument("--rate", type=float, help="messages per second per connected user")
+    p.add_argument("--rate", help="messages per second per connected user")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
                    help="GATEWAY_HOST, GATEWAY_PORT, GATEWAY_HOSTS, MESSAGE_SIZE (AUTH_TOKEN too, but it shows in ps)")
     p.add_argument("--gateways", metavar="HOST:PORT,...", help="gateway endpoints to spread connections over")
     p.add_argument("--out", help="output directory (default: ./loadgen-out/SCENARIO-TIME)")
-    p.add_argument("--start-at", type=float, metavar="EPOCH_SECONDS", help="wait until then, then start (lockstep)")
+    p.add_argument("--start-at", metavar="EPOCH_SECONDS", help="wait until then, then start (lockstep)")
     p.add_argument("--workers", help="worker processes, or 'auto' (default: one per core, more if fds require)")
     p.add_argument("--local-ips", help="source addresses: list, range a-b or CIDR")
     p.add_argument("--agent-id", help="name of this agent in results and user ids (default: hostname)")
     p.add_argument("--token-file", help="read AUTH_TOKEN from this file (mode 600)")
-    p.add_argument("--heartbeat-interval", default="30s", help="application ping per connection (default 30s)")
-    p.add_argument("--connect-timeout", default="10s", help="TCP + WebSocket handshake timeout (default 10s)")
-    p.add_argument("--max-connecting", default="256", help="concurrent handshakes per worker (default 256)")
+    p.add_argument("--heartbeat-interval", help="application ping per connection (default 30s)")
+    p.add_argument("--connect-timeout", help="TCP + WebSocket handshake timeout (default 10s)")
+    p.add_argument("--max-connecting", help="concurrent handshakes per worker (default 256)")
     p.add_argument("--criterion", action="append", metavar="NAME<VALUE",
                    help="override a success criterion (e.g. message_p99_ms<100, or NAME=off)")
     p.add_argument("--gateway-metrics", action="append", metavar="URL",
                    help="sample a gateway's /metrics every second (memory, CPU criteria)")
     p.add_argument("--heartbeat-file", help="controller heartbeat: stop the load when it goes stale")
-    p.add_argument("--deadman-timeout", default="60s", help="staleness that stops the load (default 60s)")
-    p.add_argument("--reconnect", choices=("backoff", "none"), default="backoff",
+    p.add_argument("--deadman-timeout", help="staleness that stops the load (default 60s)")
+    p.add_argument("--reconnect", choices=("backoff", "none"),
                    help="after a drop: reconnect with full-jitter exponential backoff (default), or not at all")
-    p.add_argument("--backoff-base", default="0.5s", help="first reconnect backoff ceiling (default 0.5s)")
-    p.add_argument("--backoff-cap", default="30s", help="largest reconnect backoff (default 30s)")
-    p.add_argument("--pairing", choices=("same-node", "cross-node"), default="same-node",
-                   help="peer messages stay on one gateway node, or cross nodes (needs gateway cluster routing)")
-    p.add_argument("--close-quiesce", default="10s",
+    p.add_argument("--backoff-base", help="first reconnect backoff ceiling (default 0.5s)")
+    p.add_argument("--backoff-cap", help="largest reconnect backoff (default 30s)")
+    p.add_argument("--pairing", choices=("same-node", "cross-node"),
+                   help="peer messages stay on one gateway node (default), or cross nodes (needs gateway cluster routing)")
+    p.add_argument("--close-quiesce",
                    help="peer mode: a planned close (ramp-down, end) first stops the user's and its partner's "
                         "sends until every message to and from it has arrived or been answered, at most this "
                         "long (default 10s; 0: close at once)")
@@ -85,17 +87,30 @@ def _gateway_parser(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    from loadgen.agent.runner import Agent
-    from loadgen.plan.options import build_plan
+    import time
 
+    from loadgen.agent import hostplan
+    from loadgen.agent.runner import Agent
+    from loadgen.plan.options import ENV_KEYS, PLAN_FLAGS, parse_env_overrides, plan_from_args
+
+    env = {**{k: os.environ[k] for k in ENV_KEYS if k in os.environ}, **parse_env_overrides(args.env)}
     if any(e.startswith("AUTH_TOKEN=") for e in args.env):
         print("loadgen: warning: -e AUTH_TOKEN=... is visible in ps; prefer the environment or --token-file",
               file=sys.stderr)
-    if not args.out:
-        import time
-
-        args.out = os.path.join("loadgen-out", f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}")
-    plan = build_plan(args)
+    if args.plan:
+        given = [f"--{k.replace('_', '-')}" for k in PLAN_FLAGS if getattr(args, k) not in (None, False, [])]
+        given += [f"-e {e.partition('=')[0]}" for e in args.env if not e.startswith("AUTH_TOKEN=")]
+        if args.scenario or given:
+            raise UsageError(f"--plan FILE says the whole plan; it conflicts with "
+                             f"{', '.join(([args.scenario] if args.scenario else []) + given)}")
+        plan = hostplan.read_plan(args.plan).replace(out_dir=args.out or "", quiet=args.quiet)
+    elif not args.scenario:
+        raise UsageError("give a scenario (connection, throughput, cluster) or --plan FILE")
+    else:
+        plan = plan_from_args(args, env)
+    if not plan.out_dir:
+        plan = plan.replace(out_dir=os.path.join("loadgen-out", f"{plan.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    plan = hostplan.fit(plan, hostplan.token(args.token_file, env.get("AUTH_TOKEN")))
     return Agent(plan).run()
 
 
@@ -105,7 +120,7 @@ def _cmd_gateway(args) -> int:
 
     from loadgen.gateway.config import load_config
     from loadgen.gateway.server import serve
-    from loadgen.plan.options import fd_limit, read_token_file
+    from loadgen.host import fd_limit, read_token_file
     from loadgen.plan.stages import parse_duration
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

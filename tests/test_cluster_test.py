@@ -228,19 +228,67 @@ def test_ctrl_c_stops_agents_collects_and_reports_partial(tmp_path, stop_leftove
     assert no_loadgen_processes_of(tmp_path) == []
 
 
-@pytest.mark.parametrize("args,words", [
-    (["cluster-test", "-i", "/nonexistent/inventory"], "does not exist"),
-    (["cluster-test", "--stage", "5s:10", "--connections", "10"], "conflicts"),
-    (["cluster-test", "--stage", "5x:10"], "not a duration"),
-    (["cluster-test", "--scenario", "soak"], "unknown scenario"),
-    (["cluster-test", "--deadman", "1s"], "--deadman"),
-    (["report", "/tmp"], "not a run directory"),
-])
-def test_fab_bad_input_is_one_line_exit_2(args, words, tmp_path):
-    r = fab(*args, "--reports-dir", str(tmp_path)) if args[0] == "cluster-test" else fab(*args)
+# Bad input to `fab cluster-test`: one line naming the option and what is allowed, exit 2, and nothing
+# started: no run directory, no work directory on any host (no gateway, no agent, no token copied).
+FAB_BAD_INPUT = [
+    (["--rate", "x"], "--rate 'x' is not a number"),
+    (["--rate", "-1"], "--rate must be between 0 and 1000 messages/s per user (got -1)"),
+    (["--rate", "5000"], "--rate must be between 0 and 1000 messages/s per user (got 5000)"),
+    (["--vus", "abc"], "--vus 'abc' is not a whole number"),
+    (["--vus", "-5", "--duration", "2s"], "--vus must be between 1 and 10,000,000 (got -5)"),
+    (["--vus", "1", "--duration", "2s"], "1 connections cannot be shared by 2 generators"),
+    (["--vus", "10", "--duration", "0s"], "--duration must be longer than 0s"),
+    (["--vus", "10", "--duration", "soon"], "--duration 'soon' is not a duration"),
+    (["--message-size", "0"], "message size must be between 1 and 1,048,576 bytes (got 0)"),
+    (["--scenario", "soak"], "--scenario 'soak' is not one of: connection, throughput, cluster"),
+    (["--criterion", "bogus<1", "--vus", "10", "--duration", "2s"], "criterion 'bogus<1' must be NAME<VALUE"),
+    (["--criterion", "message_p99_ms<fast"], "criterion 'message_p99_ms<fast' must be NAME<VALUE"),
+    (["--stage", "5s:10", "--vus", "10"], "--stage conflicts with --vus/--duration"),
+    (["--stage", "5x:10"], "stage '5x:10' duration '5x' is not a duration"),
+    (["--stage", "5s"], "stage '5s' must be DURATION:TARGET"),
+    (["--stage", "5s:lots"], "target 'lots' is not a whole number"),
+    (["--stage", "5s:0"], "every stage targets 0 connections"),
+    (["--deadman-timeout", "1s"], "--deadman-timeout must be at least 3s"),
+    (["--min-generators", "3"], "--min-generators must be between 1 and 2 (got 3)"),
+    (["--min-generators", "two"], "--min-generators 'two' is not a whole number"),
+    (["--probe-interval", "0"], "--probe-interval must be a positive number"),
+    (["--token-file", "/nonexistent/token"], "token file /nonexistent/token: No such file or directory"),
+    (["-i", "/nonexistent/inventory"], "inventory /nonexistent/inventory does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,words", FAB_BAD_INPUT, ids=[" ".join(a) for a, _ in FAB_BAD_INPUT])
+def test_fab_bad_input_is_one_line_exit_2_and_starts_nothing(args, words, tmp_path):
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    r = fab("cluster-test", *([] if "-i" in args else ["-i", inv]), *args, "--reports-dir", str(reports))
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr, lines
+    assert not reports.exists() and not (tmp_path / "work").exists()
+
+
+def test_fab_refuses_a_token_file_others_can_read(tmp_path):
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    token = tmp_path / "token"
+    token.write_text("secret-token-value")
+    token.chmod(0o644)
+    r = fab("cluster-test", "-i", inv, "--token-file", str(token), "--reports-dir", str(reports))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"fab: error: token file {token} is readable by others (mode 644); chmod 600 it"]
+    assert not reports.exists() and not (tmp_path / "work").exists()
+
+
+def test_fab_refuses_bad_generator_vars_in_the_inventory(tmp_path):
+    inv = write_inventory(tmp_path, extra_generators="gen3 loadgen_local_ips=127.0.0.300\n")
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(tmp_path / "reports"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "fab: error: generator gen3: --local-ips '127.0.0.300': '127.0.0.300' does not appear to be an IPv4 or IPv6 address"]
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "work").exists()
+
+
+def test_report_of_a_missing_run_dir_is_one_line_exit_2():
+    r = fab("report", "/tmp")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a run directory" in r.stderr
 
 
 def test_inventory_without_generators_or_malformed_is_refused(tmp_path):

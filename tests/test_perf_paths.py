@@ -238,7 +238,7 @@ def _wait_listening(*ports):
 
 
 def test_preflight_warns_when_a_source_address_needs_over_half_the_port_range(tmp_path):
-    from loadgen.plan.addresses import ephemeral_port_count
+    from loadgen.host import ephemeral_port_count
 
     vus = ephemeral_port_count() // 2 + 100
     r = run_loadgen("run", "connection", "--vus", str(vus), "--duration", "1s", "--gateways", f"127.0.0.1:{free_port()}",

@@ -29,6 +29,14 @@ def worker_index(proc) -> int:
     return int(proc.name.rsplit("-", 1)[1])
 
 
+def write_json(path: str, data: dict) -> None:
+    """Whole or not at all: a reader never sees half a file."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
 def prepare_out_dir(path: str) -> None:
     """Create the output dir; never write over an earlier run's results."""
     if os.path.exists(os.path.join(path, "summary.json")) or os.path.exists(os.path.join(path, "timeseries.csv")):
@@ -130,10 +138,11 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
         "ended_at": facts["ended_at"],
         "planned_start_at": plan.start_at,
         "start_skew_ms": facts["start_skew_ms"],
-        "plan": {"stages": [str(s) for s in plan.profile.stages], "peak_connections": plan.profile.peak,
+        "plan": {"stages": [str(s) for s in plan.stages], "peak_connections": plan.peak_connections,
+                 "hold_s": plan.hold_s, "total_s": plan.total_s,
                  "rate_per_user": plan.rate, "message_size": plan.message_size, "mode": plan.mode,
                  "endpoints": [f"{h}:{p}" for h, p in plan.endpoints], "workers": plan.workers,
-                 "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_per_s},
+                 "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_msgs_per_s},
         "connections": {"attempted": attempted, "established": c["connects_ok"], "failed": failed,
                         "success_rate": metrics["connection_success_rate"],
                         "failed_by_reason": {k[5:]: v for k, v in c.items() if k.startswith("fail_") and v},
@@ -387,6 +396,7 @@ class Agent:
         plan = self.plan
         prepare_out_dir(self.out)
         preflight(plan)
+        write_json(os.path.join(self.out, "plan.json"), plan.to_dict())  # what ran, for the report
         self._wake = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._signal)
@@ -444,10 +454,7 @@ class Agent:
         if outputs.error:
             summary["output_error"] = outputs.error
         try:
-            tmp = os.path.join(self.out, ".summary.json.tmp")
-            with open(tmp, "w") as f:
-                json.dump(summary, f, indent=2)
-            os.replace(tmp, os.path.join(self.out, "summary.json"))
+            write_json(os.path.join(self.out, "summary.json"), summary)
             self._write_status("done", totals, 0)
         except OSError as exc:
             outputs.error = outputs.error or f"cannot write results: {exc.strerror or exc}"

@@ -24,23 +24,30 @@ from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
 from loadgen.fleet.preflight import check_fleet, describe_clock
-from loadgen.plan.cluster import make_cluster_plan
+from loadgen.host import read_token_file
+from loadgen.plan.addresses import parse_local_ips
+from loadgen.plan.cluster import FleetPlan, new_run_id
+from loadgen.plan.options import hold_stages, parse_int, parse_number
+from loadgen.plan.runplan import RunPlan
+from loadgen.plan.stages import parse_duration, parse_stage
 
 POLL_S = 2.0
 
 
 @dataclass
 class Options:
+    """`fab cluster-test` / `fab preflight` as typed: text from the command line, parsed once by `fleet_plan`."""
+
     inventory: str = "inventory/local"
     scenario: str = "cluster"
-    connections: int | None = None
+    vus: str | None = None
     duration: str | None = None
     stages: list[str] = field(default_factory=list)
-    rate: float | None = None
-    message_size: int | None = None
-    min_generators: int | None = None
-    probe_interval: float | None = None  # None: total/60 within 1-5 s (enough samples for the leak fit)
-    deadman: str = "60s"
+    rate: str | None = None
+    message_size: str | None = None
+    min_generators: str | None = None
+    probe_interval: str | None = None  # None: total/60 within 1-5 s (enough samples for the leak fit)
+    deadman_timeout: str = "60s"
     reports_dir: str = "reports"
     token_file: str | None = None
     criteria: list[str] = field(default_factory=list)
@@ -76,19 +83,60 @@ def workdir(host: Host, run_id: str) -> str:
     return f"{base}/runs/{run_id}/{host.name}"
 
 
-def _plan_defaults(inv, opts: Options) -> Options:
-    """Inventory group vars (loadgen_*) fill what the command line left out."""
+def fleet_plan(inv, opts: Options) -> FleetPlan:
+    """The fleet's plan from the command line, the inventory's loadgen_* group vars filling what it left out.
+
+    Every value is parsed here, where it enters, naming the option (or inventory variable) it came from.
+    """
     gv = inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
-    if not opts.stages and opts.connections is None:
-        opts.stages = list(gv.get("loadgen_stages") or [])
-        if not opts.stages:
-            opts.connections = int(gv.get("loadgen_connections", 1000))
-            opts.duration = opts.duration or gv.get("loadgen_duration", "60s")
-    if opts.rate is None:
-        opts.rate = float(gv.get("loadgen_rate", 1.0))
-    if opts.message_size is None:
-        opts.message_size = int(gv.get("loadgen_message_size", 1024))
-    return opts
+
+    def given(option: str, value, var: str, default):
+        """(text, name for errors): the command line's, else the inventory's, else the default."""
+        if value is not None:
+            return value, option
+        if gv.get(var) is not None:
+            return gv[var], f"{var} (inventory)"
+        return default, option
+
+    if opts.stages and (opts.vus is not None or opts.duration is not None):
+        raise UsageError("--stage conflicts with --vus/--duration: give stages, or vus and a duration")
+    if opts.stages:
+        stages = [parse_stage(s) for s in opts.stages]
+    elif opts.vus is None and opts.duration is None and gv.get("loadgen_stages"):
+        texts = gv["loadgen_stages"]
+        if not isinstance(texts, list):
+            raise UsageError(f"loadgen_stages (inventory) {texts!r} must be a list of DURATION:TARGET")
+        stages = [parse_stage(s) for s in texts]
+    else:
+        vus, vus_name = given("--vus", opts.vus, "loadgen_vus", 1000)
+        duration, _ = given("--duration", opts.duration, "loadgen_duration", "60s")
+        stages = hold_stages(vus, duration, vus_name)
+    rate, rate_name = given("--rate", opts.rate, "loadgen_rate", 1.0)
+    size, size_name = given("--message-size", opts.message_size, "loadgen_message_size", 1024)
+    generators = inv.group("generators")
+    endpoints = [f"{inv.hostvars[g].get('ansible_host', g)}:{parse_int(inv.hostvars[g].get('gateway_port', 8080), f'gateway_port of {g}')}"
+                 for g in inv.group("gateways")]
+    return FleetPlan(
+        run_id=new_run_id(opts.scenario), scenario=opts.scenario, stages=stages,
+        rate=parse_number(rate, rate_name), message_size=parse_int(size, size_name),
+        generators=generators, gateways=inv.group("gateways"), endpoints=endpoints,
+        min_generators=len(generators) if opts.min_generators is None else parse_int(opts.min_generators, "--min-generators"),
+        criteria=list(opts.criteria), deadman_s=parse_duration(opts.deadman_timeout, "--deadman-timeout"))
+
+
+def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:
+    """Each generator's RunPlan, with its inventory's loadgen_local_ips and loadgen_workers."""
+    out = {}
+    for g in plan.generators:
+        v = inv.hostvars[g]
+        ips, workers = v.get("loadgen_local_ips"), v.get("loadgen_workers")
+        try:
+            ips = parse_local_ips(ips) if ips else None
+            workers = None if workers in (None, "auto") else parse_int(workers, "loadgen_workers")
+        except UsageError as exc:
+            raise UsageError(f"generator {g}: {exc}") from None
+        out[g] = plan.agent_plan(g, local_ips=ips, workers=workers, pairing=pairing)
+    return out
 
 
 def _truthy(value) -> bool:
@@ -97,8 +145,6 @@ def _truthy(value) -> bool:
 
 def _token(inv, opts: Options, managed: bool) -> str:
     if opts.token_file:
-        from loadgen.plan.options import read_token_file
-
         return read_token_file(opts.token_file)
     if os.environ.get("AUTH_TOKEN"):
         return os.environ["AUTH_TOKEN"]
@@ -113,24 +159,17 @@ def _token(inv, opts: Options, managed: bool) -> str:
 
 class ClusterTest:
     def __init__(self, opts: Options) -> None:
+        """Everything is parsed and checked here, before any host is touched or any file written."""
         self.opts = opts
-        from loadgen.plan.stages import parse_duration
-
-        if parse_duration(opts.deadman, "--deadman") < 3:
-            raise UsageError("--deadman must be at least 3s (the controller polls every 2 s)")
-        if opts.probe_interval is not None and not opts.probe_interval > 0:
-            raise UsageError("--probe-interval must be a positive number of seconds")
-        self.inv = load_inventory(opts.inventory)
-        _plan_defaults(self.inv, opts)
-        inv = self.inv
+        self.probe_interval = None
+        if opts.probe_interval is not None:
+            self.probe_interval = parse_number(opts.probe_interval, "--probe-interval")
+            if not self.probe_interval > 0:
+                raise UsageError(f"--probe-interval must be a positive number of seconds (got {opts.probe_interval})")
+        self.inv = inv = load_inventory(opts.inventory)
+        self.plan = fleet_plan(inv, opts)
         self.generators = inv.group("generators")
         self.gateways = inv.group("gateways")
-        endpoints = [f"{inv.hostvars[g].get('ansible_host', g)}:{int(inv.hostvars[g].get('gateway_port', 8080))}"
-                     for g in self.gateways]
-        self.plan = make_cluster_plan(
-            scenario=opts.scenario, generators=self.generators, gateways=self.gateways, endpoints=endpoints,
-            stage_texts=opts.stages or None, connections=opts.connections, duration=opts.duration, rate=opts.rate,
-            message_size=opts.message_size, min_generators=opts.min_generators, criteria=opts.criteria)
         self.managed = [g for g in self.gateways if inv.hostvars[g].get("gateway_managed_by", "systemd") == "fab"]
         # gateway_cluster: the gateways route between nodes (etcd + Redis + Kafka), so agents pair every
         # sender with a recipient on another node and the latency measured is cross-node routing latency
@@ -143,6 +182,8 @@ class ClusterTest:
             missing = [k for k in ("gateway_etcd", "gateway_redis", "gateway_kafka") if not inv.hostvars[g].get(k)]
             if _truthy(inv.hostvars[g].get("gateway_cluster")) and missing:
                 raise UsageError(f"gateway {g}: gateway_cluster needs {', '.join(missing)} in the inventory")
+        pairing = "cross-node" if self.cluster_mode and len(self.plan.endpoints) > 1 else "same-node"
+        self.agent_plans = agent_plans(inv, self.plan, pairing)
         self.token = _token(inv, opts, bool(self.managed) and len(self.managed) == len(self.gateways))
         self.run_dir = os.path.join(opts.reports_dir, self.plan.run_id)
         self.hosts: dict[str, Host] = {}
@@ -161,7 +202,7 @@ class ClusterTest:
             json.dump(data, f, indent=2, default=str)
 
     def _write_plan(self) -> None:
-        self._write_json("plan.json", {**self.plan.as_dict(), "inventory": os.path.abspath(self.opts.inventory),
+        self._write_json("plan.json", {**self.plan.to_dict(), "inventory": os.path.abspath(self.opts.inventory),
                                        "groups": {g: self.inv.group(g) for g in
                                                   ("generators", "gateways", "etcd", "kafka", "redis")}})
 
@@ -208,7 +249,7 @@ class ClusterTest:
             cmd = detached(wd, f"{loadgen_command(host)} gateway --host {addr} --port {port} "
                            f"--metrics-host {v.get('gateway_metrics_host', '127.0.0.1')} --metrics-port {mport} "
                            f"--node-id {shlex.quote(name)} --token-file token --heartbeat-file heartbeat "
-                           f"--deadman-timeout {shlex.quote(self.opts.deadman)}{extra}", "gateway",
+                           f"--deadman-timeout {self.plan.deadman_s:g}s{extra}", "gateway",
                            before=before)
             r = host.run(cmd, timeout=30)
             if not r.ok:
@@ -269,27 +310,19 @@ class ClusterTest:
         lead = self.opts.lead_s if self.opts.lead_s is not None else 4.0 + 0.05 * len(self.live_generators)
         start_at = time.time() + lead
         self.plan.start_at = start_at
-        deadman = shlex.quote(self.opts.deadman)
+        os.makedirs(os.path.join(self.run_dir, "plans"), exist_ok=True)
 
         def one(host: Host):
             wd = workdir(host, self.plan.run_id)
             host.put_secret(self.token, f"{wd}/token")
-            v = host.vars
-            args = [loadgen_command(host), "run", self.plan.scenario,
-                    *[f"--stage {s}" for s in self.plan.shares[host.name]],
-                    f"--rate {self.plan.rate}", f"--gateways {','.join(self.plan.endpoints)}",
-                    f"-e MESSAGE_SIZE={self.plan.message_size}", "--out out", f"--start-at {start_at:.3f}",
-                    f"--agent-id {shlex.quote(host.name)}", "--token-file token", "--heartbeat-file heartbeat",
-                    f"--deadman-timeout {deadman}", "--quiet"]
-            if v.get("loadgen_local_ips"):
-                args.append(f"--local-ips {shlex.quote(str(v['loadgen_local_ips']))}")
-            if v.get("loadgen_workers"):
-                args.append(f"--workers {shlex.quote(str(v['loadgen_workers']))}")
-            if self.cluster_mode and len(self.plan.endpoints) > 1:
-                args.append("--pairing cross-node")
-            args += [f"--criterion {shlex.quote(c)}" for c in self.plan.criteria]
-            cmd = detached(wd, " ".join(args), "agent", before="touch heartbeat")
-            v["_agent_pidfile"], v["_agent_status"] = f"{wd}/agent.pid", f"{wd}/out/status.json"  # for samples
+            plan = self.agent_plans[host.name].replace(start_at=start_at)
+            text = json.dumps(plan.to_dict(), indent=2)
+            with open(os.path.join(self.run_dir, "plans", f"{host.name}.json"), "w") as f:
+                f.write(text)
+            host.put_text(text, f"{wd}/plan.json")
+            cmd = detached(wd, f"{loadgen_command(host)} run --plan plan.json --out out --token-file token --quiet",
+                           "agent", before="touch heartbeat")
+            host.vars["_agent_pidfile"], host.vars["_agent_status"] = f"{wd}/agent.pid", f"{wd}/out/status.json"  # for samples
             self.heartbeat.add(host.name, f"{wd}/heartbeat")
             return host.run(cmd, timeout=30)
 
@@ -340,7 +373,7 @@ class ClusterTest:
 
     def watch(self) -> None:
         deadline = self.plan.start_at + self.plan.total_s + 90
-        interval = self.opts.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
+        interval = self.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
         next_sample = 0.0
         last = {}
         while True:
@@ -404,7 +437,7 @@ class ClusterTest:
         plan = self.plan
         os.makedirs(self.run_dir)  # a new run id: nothing of an earlier run is touched
         log(f"run {plan.run_id}: {plan.scenario} on {len(self.generators)} generators -> {len(self.gateways)} gateways, "
-            f"stages {' '.join(plan.stages)}, {plan.rate:g} msg/s per user")
+            f"stages {' '.join(map(str, plan.stages))}, {plan.rate:g} msg/s per user")
         interrupted = None
         try:
             self.connect()
@@ -469,5 +502,5 @@ def preflight_only(opts: Options) -> int:
         if isinstance(f, dict):
             log(f"{name}: {describe_clock(f)}, open files {f.get('nofile_hard')}, "
                 f"cores {f.get('cores')}, connections planned {f.get('connections_planned', '-')}")
-    log(f"preflight passed: {len(ct.hosts)} hosts, plan {' '.join(ct.plan.stages)}")
+    log(f"preflight passed: {len(ct.hosts)} hosts, plan {' '.join(map(str, ct.plan.stages))}")
     return EXIT_OK

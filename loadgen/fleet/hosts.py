@@ -33,9 +33,13 @@ class Host:
     def get(self, remote: str, local: str, timeout: float = 120.0) -> None:
         raise NotImplementedError
 
+    def put_text(self, text: str, remote: str, mode: int = 0o644) -> None:
+        """Write text to a file, creating its directory (plan files travel this way)."""
+        raise NotImplementedError
+
     def put_secret(self, text: str, remote: str) -> None:
         """Write text to a mode-600 file (the token travels this way, never on a command line)."""
-        raise NotImplementedError
+        self.put_text(text, remote, 0o600)
 
     def close(self) -> None:
         pass
@@ -57,9 +61,9 @@ class LocalHost(Host):
     def get(self, remote: str, local: str, timeout: float = 120.0) -> None:
         shutil.copyfile(remote, local)
 
-    def put_secret(self, text: str, remote: str) -> None:
+    def put_text(self, text: str, remote: str, mode: int = 0o644) -> None:
         os.makedirs(os.path.dirname(remote), exist_ok=True)
-        fd = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
 
@@ -113,10 +117,11 @@ class SSHHost(Host):
     def get(self, remote: str, local: str, timeout: float = 120.0) -> None:
         self.conn.get(remote, local)
 
-    def put_secret(self, text: str, remote: str) -> None:
+    def put_text(self, text: str, remote: str, mode: int = 0o644) -> None:
         import io
 
-        self.conn.run(f"mkdir -p {shlex.quote(os.path.dirname(remote))} && install -m 600 /dev/null {shlex.quote(remote)}",
+        # the file exists with its mode before any byte is written
+        self.conn.run(f"mkdir -p {shlex.quote(os.path.dirname(remote))} && install -m {mode:o} /dev/null {shlex.quote(remote)}",
                       hide=True, in_stream=False)
         self.conn.put(io.StringIO(text), remote)
 

@@ -6,8 +6,6 @@ import time
 
 from loadgen.errors import UsageError
 from loadgen.fleet.hosts import parallel
-from loadgen.plan.addresses import parse_local_ips
-from loadgen.plan.stages import Profile, parse_stage
 
 # Spec tuning, checked live (reported; the kernel_tuning role applies it)
 SPEC_SYSCTLS = {
@@ -119,9 +117,8 @@ def check_fleet(ct) -> dict:
         f = facts.get(name)
         if not isinstance(f, dict):
             continue
-        peak = Profile([parse_stage(s) for s in plan.shares[name]]).peak
-        ips = len(parse_local_ips(ct.inv.hostvars[name]["loadgen_local_ips"])) if ct.inv.hostvars[name].get(
-            "loadgen_local_ips") else 1
+        peak = ct.agent_plans[name].peak_connections
+        ips = len(ct.agent_plans[name].local_ips or [None])
         try:
             low, high = (int(x) for x in f["port_range"].split())
             ports = high - low + 1

@@ -44,12 +44,3 @@ def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
         raise UsageError(f"gateway endpoint {text!r} must be HOST:PORT with a port 1-65535")
     return host.strip("[]"), number
 
-
-def ephemeral_port_count() -> int:
-    """Live size of this host's ephemeral port range (what one source address can open per destination)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(x) for x in f.read().split())
-        return high - low + 1
-    except (OSError, ValueError):
-        return 28232  # Linux default range 32768-60999

@@ -116,9 +116,17 @@ class Profile:
             begin = stage.target
         return best
 
-    def share(self, index: int, parts: int) -> "Profile":
-        """This part's slice of every target (targets split as evenly as integers allow)."""
-        def part(n: int) -> int:
-            return n // parts + (1 if index < n % parts else 0)
+    def share(self, index: int, parts: int) -> "Profile | None":
+        """This part's slice of every target; None when the part gets no connections at all."""
+        stages = share_stages(self.stages, index, parts)
+        return Profile(stages) if any(s.target for s in stages) else None
 
-        return Profile([Stage(s.duration_s, part(s.target)) for s in self.stages]) if part(self.peak) else None
+
+def share_of(n: int, index: int, parts: int) -> int:
+    """Part `index` of n split into `parts` as evenly as integers allow, larger parts first.
+    The one share formula: generators' shares of the fleet, workers' shares of an agent."""
+    return n // parts + (1 if index < n % parts else 0)
+
+
+def share_stages(stages: list[Stage], index: int, parts: int) -> list[Stage]:
+    return [Stage(s.duration_s, share_of(s.target, index, parts)) for s in stages]

@@ -158,27 +158,27 @@ def criteria_for(run: RunData, scenario: str, hold_s: float, offered: float) -> 
 
 
 def _plan_facts(run: RunData) -> dict:
-    from loadgen.plan.stages import Profile, parse_stage
+    """What was planned, read from the plan (never re-derived): plan.json's fleet plan, else the agents' plans."""
+    from loadgen.errors import UsageError
+    from loadgen.plan.cluster import FleetPlan
 
-    plan = run.plan
-    agent_plan = next((a.summary.get("plan") for a in run.agents.values() if a.summary and a.summary.get("plan")), {})
-    stages = plan.get("stages") or agent_plan.get("stages") or []
-    stages = [s if isinstance(s, str) else f"{s.get('duration')}:{s.get('target')}" for s in stages]
-    hold_s, total_s, peak = 0.0, None, None
-    try:
-        profile = Profile([parse_stage(s) for s in stages])
-        hold_s, total_s, peak = profile.hold_s(), profile.total_s, profile.peak
-    except Exception:  # noqa: BLE001 - stages are shown as written even if they do not parse
-        pass
-    rate = _num(plan.get("rate", plan.get("rate_per_user", agent_plan.get("rate_per_user"))))
-    peak = _num(plan.get("peak_connections")) or peak
-    if rate is not None and peak:
-        offered = rate * peak  # the whole fleet's planned load
-    else:
-        offered = sum(_num((a.summary or {}).get("plan", {}).get("offered_msgs_per_s")) or 0 for a in run.agents.values())
-    return {"stages": stages, "hold_s": hold_s, "total_s": total_s, "peak": peak, "rate": rate,
-            "offered_msgs_per_s": offered or None,
-            "message_size": plan.get("message_size", agent_plan.get("message_size"))}
+    try:  # criteria are criteria_for's business; the figures here are the plan's load
+        fleet = FleetPlan.from_dict({**run.plan, "criteria": []}) if run.plan else None
+    except UsageError:
+        fleet = None
+    if fleet is not None:
+        return {"stages": [str(s) for s in fleet.stages], "hold_s": fleet.hold_s, "total_s": fleet.total_s,
+                "peak": float(fleet.peak_connections), "rate": float(fleet.rate),
+                "offered_msgs_per_s": float(fleet.offered_msgs_per_s) or None, "message_size": fleet.message_size}
+    # no fleet plan (an agent's own output directory, or a damaged plan.json): each agent's plan as it wrote it
+    plans = [a.summary["plan"] for a in run.agents.values() if a.summary and isinstance(a.summary.get("plan"), dict)]
+    first = plans[0] if plans else {}
+    return {"stages": list(first.get("stages") or run.plan.get("stages") or []), "hold_s": _num(first.get("hold_s")) or 0.0,
+            "total_s": _num(first.get("total_s")),
+            "peak": sum(_num(p.get("peak_connections")) or 0 for p in plans) or None,
+            "rate": _num(first.get("rate_per_user")),
+            "offered_msgs_per_s": sum(_num(p.get("offered_msgs_per_s")) or 0 for p in plans) or None,
+            "message_size": first.get("message_size")}
 
 
 # ---------------------------------------------------------------- gateway nodes

@@ -50,7 +50,7 @@ def cluster_settings(config, *, etcd: str | None = None, redis: str | None = Non
         raise UsageError(f"--redis {redis!r} is not a redis://HOST:PORT[/DB] URL")
     password = parts.password or os.environ.get("REDIS_PASSWORD") or None
     if config.redis_password_file:
-        from loadgen.plan.options import read_token_file
+        from loadgen.host import read_token_file
 
         password = read_token_file(config.redis_password_file)
     return ClusterSettings(
