@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import free_port
+from loadgen.plan.runplan import RunPlan
 from loadgen.report import analyze_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ def write_inventory(tmp_path, extra_generators: str = "", gateways: int = 2) -> 
         f"[gateways]\n{gws}\n")
     (inv / "group_vars" / "all.yml").write_text(
         "ansible_connection: local\nansible_host: 127.0.0.1\n"
-        f"loadgen_workdir: {tmp_path}/work\ngateway_managed_by: fab\nloadgen_workers: 1\n"
+        f"loadgen_agent_workdir: {tmp_path}/work\ngateway_managed_by: fab\nloadgen_workers: 1\n"
         'loadgen_stages: ["2s:200", "6s:200", "1s:0"]\nloadgen_rate: 2\nloadgen_message_size: 256\n')
     return str(inv)
 
@@ -105,7 +106,15 @@ def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
         assert abs(s["start_skew_ms"]["0"]) < 500  # lockstep: both started at the planned instant
     plan = json.load(open(os.path.join(run, "plan.json")))
     assert plan["shares"] == {"gen1": ["2s:100", "6s:100", "1s:0"], "gen2": ["2s:100", "6s:100", "1s:0"]}
-    assert plan["start_at"] is not None
+    assert plan["start_at"] is not None and plan["schema"] == "loadgen-fleet-plan/1"
+    for gen in ("gen1", "gen2"):  # each agent ran the plan file fab wrote for it, and copied it into its outputs
+        sent = json.load(open(os.path.join(run, "plans", f"{gen}.json")))
+        work = [os.path.join(d, "plan.json") for d, _, fs in os.walk(tmp_path / "work") if d.endswith(f"/{gen}")
+                and "plan.json" in fs]
+        assert len(work) == 1 and json.load(open(work[0])) == sent
+        ran = json.load(open(os.path.join(run, "agents", gen, "plan.json")))
+        assert sent["workers"] == 1 and sent["stages"] == ["2s:100", "6s:100", "1s:0"]
+        assert ran == sent and RunPlan.from_dict(ran).start_at == plan["start_at"]
     facts = json.load(open(os.path.join(run, "run.json")))
     assert {a["state"] for a in facts["agents"].values()} == {"done"}
     for host in ("gen1", "gen2", "gw1", "gw2"):
@@ -132,9 +141,10 @@ def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
     token_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "work") for f in fs if f == "token"]
     assert token_files and all(os.stat(p).st_mode & 0o077 == 0 for p in token_files)
     token = open(token_files[0]).read().strip()
-    for d, _, fs in os.walk(run):
+    for d, _, fs in [*os.walk(run), *os.walk(tmp_path / "work")]:
         for f in fs:
-            assert token not in open(os.path.join(d, f), errors="replace").read(), f
+            if f != "token":
+                assert token not in open(os.path.join(d, f), errors="replace").read(), f
     assert no_loadgen_processes_of(tmp_path) == []  # gateways fab started are stopped again
 
 
@@ -187,7 +197,7 @@ def test_unreachable_generator_stops_before_load_unless_min_generators_allows(tm
 def test_killed_controller_leaves_no_orphaned_load(tmp_path, stop_leftovers):
     inv, reports = write_inventory(tmp_path), tmp_path / "reports"
     proc = subprocess.Popen([FAB, "-r", ROOT, "cluster-test", "-i", inv, "--reports-dir", str(reports),
-                             "--stage", "2s:100", "--stage", "120s:100", "--deadman", "4s"],
+                             "--stage", "2s:100", "--stage", "120s:100", "--deadman-timeout", "4s"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop_leftovers.append(proc)
     deadline = time.time() + 60
@@ -232,8 +242,8 @@ def test_ctrl_c_stops_agents_collects_and_reports_partial(tmp_path, stop_leftove
 # started: no run directory, no work directory on any host (no gateway, no agent, no token copied).
 FAB_BAD_INPUT = [
     (["--rate", "x"], "--rate 'x' is not a number"),
-    (["--rate", "-1"], "--rate must be between 0 and 1000 messages/s per user (got -1)"),
-    (["--rate", "5000"], "--rate must be between 0 and 1000 messages/s per user (got 5000)"),
+    (["--rate", "-1"], "--rate must be between 0 and 1,000 messages/s per user (got -1)"),
+    (["--rate", "5000"], "--rate must be between 0 and 1,000 messages/s per user (got 5,000)"),
     (["--vus", "abc"], "--vus 'abc' is not a whole number"),
     (["--vus", "-5", "--duration", "2s"], "--vus must be between 1 and 10,000,000 (got -5)"),
     (["--vus", "1", "--duration", "2s"], "1 connections cannot be shared by 2 generators"),

@@ -59,7 +59,7 @@ def log(msg: str) -> None:
 
 
 def loadgen_command(host: Host) -> str:
-    explicit = host.vars.get("loadgen_bin")
+    explicit = host.vars.get("loadgen_agent_bin")
     if explicit:
         return shlex.quote(explicit)
     if host.vars.get("ansible_connection") == "local":
@@ -79,7 +79,7 @@ def detached(wd: str, command: str, name: str, before: str = "true") -> str:
 
 
 def workdir(host: Host, run_id: str) -> str:
-    base = host.vars.get("loadgen_workdir", "/var/tmp/loadgen")
+    base = host.vars.get("loadgen_agent_workdir", "/var/tmp/loadgen")
     return f"{base}/runs/{run_id}/{host.name}"
 
 

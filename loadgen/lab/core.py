@@ -413,8 +413,8 @@ im_gateway_gomaxprocs: 2
 im_gateway_gomemlimit: 1GiB
 """)
     (inv / "group_vars" / "generators" / "lab.yml").write_text("""---
-loadgen_bin: /opt/loadgen/venv/bin/loadgen
-loadgen_workdir: /var/lib/loadgen
+loadgen_agent_bin: /opt/loadgen/venv/bin/loadgen
+loadgen_agent_workdir: /var/lib/loadgen
 """)
 
 

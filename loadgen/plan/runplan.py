@@ -33,7 +33,8 @@ def check_range(value, what: str, low, high, unit: str = "") -> None:
 
 
 def _num(x) -> str:
-    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+    whole = isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) < 1e15)
+    return f"{int(x):,}" if whole else f"{x:g}"
 
 
 def check_choice(value, what: str, choices) -> None:

@@ -112,8 +112,8 @@ def test_lab_inventory_describes_every_host_with_checked_host_keys(lab):
         assert hostvars[gw]["gateway_metrics_host"] == hostvars[gw]["ansible_host"]
         assert len(hostvars[gw]["gateway_auth_token"]) >= 16 and len(hostvars[gw]["redis_password"]) >= 16
     for gen in groups["generators"]:
-        assert hostvars[gen]["loadgen_bin"] == "/opt/loadgen/venv/bin/loadgen"
-        assert hostvars[gen]["loadgen_workdir"] == "/var/lib/loadgen"
+        assert hostvars[gen]["loadgen_agent_bin"] == "/opt/loadgen/venv/bin/loadgen"
+        assert hostvars[gen]["loadgen_agent_workdir"] == "/var/lib/loadgen"
     shipped = "\n".join(p.read_text() for p in cfg.inventory_dir.rglob("*") if p.is_file())
     assert "StrictHostKeyChecking=no" not in shipped and "StrictHostKeyChecking no" not in shipped
 
