@@ -296,6 +296,11 @@ def test_fab_refuses_bad_generator_vars_in_the_inventory(tmp_path):
     assert not (tmp_path / "reports").exists() and not (tmp_path / "work").exists()
 
 
+def test_fab_preflight_of_a_missing_inventory_is_one_line_exit_2():
+    r = fab("preflight", "-i", "/nonexistent/inventory")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["fab: error: inventory /nonexistent/inventory does not exist"]
+
+
 def test_report_of_a_missing_run_dir_is_one_line_exit_2():
     r = fab("report", "/tmp")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a run directory" in r.stderr

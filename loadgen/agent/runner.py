@@ -22,19 +22,12 @@ from loadgen.agent.interval import COLUMNS, COUNTERS
 from loadgen.agent.worker import Worker, classify_connect_error, event_loop_runner, tune_gc, worker_main
 from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
 from loadgen.plan import criteria as crit
+from loadgen.plan.runplan import stages_to_json
 
 
 def worker_index(proc) -> int:
     """The worker index of a forked worker's process (named loadgen-worker-<index>)."""
     return int(proc.name.rsplit("-", 1)[1])
-
-
-def write_json(path: str, data: dict) -> None:
-    """Whole or not at all: a reader never sees half a file."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def prepare_out_dir(path: str) -> None:
@@ -138,7 +131,7 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
         "ended_at": facts["ended_at"],
         "planned_start_at": plan.start_at,
         "start_skew_ms": facts["start_skew_ms"],
-        "plan": {"stages": [str(s) for s in plan.stages], "peak_connections": plan.peak_connections,
+        "plan": {"stages": stages_to_json(plan.stages), "peak_connections": plan.peak_connections,
                  "hold_s": plan.hold_s, "total_s": plan.total_s,
                  "rate_per_user": plan.rate, "message_size": plan.message_size, "mode": plan.mode,
                  "endpoints": [f"{h}:{p}" for h, p in plan.endpoints], "workers": plan.workers,
@@ -396,7 +389,8 @@ class Agent:
         plan = self.plan
         prepare_out_dir(self.out)
         preflight(plan)
-        write_json(os.path.join(self.out, "plan.json"), plan.to_dict())  # what ran, for the report
+        with open(os.path.join(self.out, "plan.json"), "w") as f:  # the plan as it ran, for the report
+            json.dump(plan.to_dict(), f, indent=2)
         self._wake = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._signal)
@@ -454,7 +448,10 @@ class Agent:
         if outputs.error:
             summary["output_error"] = outputs.error
         try:
-            write_json(os.path.join(self.out, "summary.json"), summary)
+            tmp = os.path.join(self.out, ".summary.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=2)
+            os.replace(tmp, os.path.join(self.out, "summary.json"))
             self._write_status("done", totals, 0)
         except OSError as exc:
             outputs.error = outputs.error or f"cannot write results: {exc.strerror or exc}"

@@ -36,7 +36,7 @@ POLL_S = 2.0
 
 @dataclass
 class Options:
-    """`fab cluster-test` / `fab preflight` as typed: text from the command line, parsed once by `fleet_plan`."""
+    """`fab cluster-test` / `fab preflight` options as given (text); `fleet_plan` parses them, once."""
 
     inventory: str = "inventory/local"
     scenario: str = "cluster"
@@ -114,8 +114,10 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
     rate, rate_name = given("--rate", opts.rate, "loadgen_rate", 1.0)
     size, size_name = given("--message-size", opts.message_size, "loadgen_message_size", 1024)
     generators = inv.group("generators")
-    endpoints = [f"{inv.hostvars[g].get('ansible_host', g)}:{parse_int(inv.hostvars[g].get('gateway_port', 8080), f'gateway_port of {g}')}"
-                 for g in inv.group("gateways")]
+    endpoints = []
+    for g in inv.group("gateways"):
+        port = parse_int(inv.hostvars[g].get("gateway_port", 8080), f"gateway_port of {g}")
+        endpoints.append(f"{inv.hostvars[g].get('ansible_host', g)}:{port}")
     return FleetPlan(
         run_id=new_run_id(opts.scenario), scenario=opts.scenario, stages=stages,
         rate=parse_number(rate, rate_name), message_size=parse_int(size, size_name),

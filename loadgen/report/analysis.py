@@ -161,13 +161,14 @@ def _plan_facts(run: RunData) -> dict:
     """What was planned, read from the plan (never re-derived): plan.json's fleet plan, else the agents' plans."""
     from loadgen.errors import UsageError
     from loadgen.plan.cluster import FleetPlan
+    from loadgen.plan.runplan import stages_to_json
 
     try:  # criteria are criteria_for's business; the figures here are the plan's load
         fleet = FleetPlan.from_dict({**run.plan, "criteria": []}) if run.plan else None
     except UsageError:
         fleet = None
     if fleet is not None:
-        return {"stages": [str(s) for s in fleet.stages], "hold_s": fleet.hold_s, "total_s": fleet.total_s,
+        return {"stages": stages_to_json(fleet.stages), "hold_s": fleet.hold_s, "total_s": fleet.total_s,
                 "peak": float(fleet.peak_connections), "rate": float(fleet.rate),
                 "offered_msgs_per_s": float(fleet.offered_msgs_per_s) or None, "message_size": fleet.message_size}
     # no fleet plan (an agent's own output directory, or a damaged plan.json): each agent's plan as it wrote it
