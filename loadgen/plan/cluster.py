@@ -54,8 +54,8 @@ class FleetPlan(Load):
 
     def fleet_criteria(self) -> list[crit.Criterion]:
         """The spec's defaults for the whole fleet's load, with the operator's overrides."""
-        return crit.apply_overrides(crit.default_criteria(self.scenario, hold_s=self.hold_s,
-                                                          offered_per_s=self.offered_msgs_per_s), self.criteria)
+        return crit.for_load(self.scenario, hold_s=self.hold_s, offered_per_s=self.offered_msgs_per_s,
+                             overrides=self.criteria)
 
     def share(self, generator: str) -> list[Stage]:
         return share_stages(self.stages, self.generators.index(generator), len(self.generators))

@@ -105,6 +105,11 @@ def criterion_line(r: dict) -> str:
     return f"[{mark}] {r['label']}: {actual} (target {r['op']} {r['target']:g})"
 
 
+def for_load(scenario: str, *, hold_s: float, offered_per_s: float, overrides: list[str]) -> list[Criterion]:
+    """The spec's defaults for this scenario at this load, with --criterion overrides applied."""
+    return apply_overrides(default_criteria(scenario, hold_s=hold_s, offered_per_s=offered_per_s), overrides)
+
+
 def evaluate(criteria: list[Criterion], metrics: dict) -> tuple[list[dict], bool]:
     """Rows for summary.json and the verdict: passed when every measured criterion passed."""
     rows = [c.as_dict(metrics.get(c.name)) for c in criteria]

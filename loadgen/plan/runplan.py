@@ -148,9 +148,8 @@ class RunPlan(Load):
 
     def with_criteria(self, overrides: list[str]) -> "RunPlan":
         """The spec's criteria for this scenario at this plan's scale, with --criterion overrides applied."""
-        return self.replace(criteria=crit.apply_overrides(
-            crit.default_criteria(self.scenario, hold_s=self.hold_s, offered_per_s=self.offered_msgs_per_s),
-            overrides))
+        return self.replace(criteria=crit.for_load(self.scenario, hold_s=self.hold_s,
+                                                   offered_per_s=self.offered_msgs_per_s, overrides=overrides))
 
     def replace(self, **changes) -> "RunPlan":
         """A copy with some fields changed, checked again."""
