@@ -27,9 +27,9 @@ from loadgen.fleet.preflight import check_fleet, describe_clock
 from loadgen.host import read_token_file
 from loadgen.plan.addresses import parse_local_ips
 from loadgen.plan.cluster import FleetPlan, new_run_id
-from loadgen.plan.options import hold_stages, parse_int, parse_number
+from loadgen.plan.options import choose_stages, parse_int, parse_number
 from loadgen.plan.runplan import RunPlan
-from loadgen.plan.stages import parse_duration, parse_stage
+from loadgen.plan.stages import parse_duration
 
 POLL_S = 2.0
 
@@ -98,19 +98,13 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
             return gv[var], f"{var} (inventory)"
         return default, option
 
-    if opts.stages and (opts.vus is not None or opts.duration is not None):
-        raise UsageError("--stage conflicts with --vus/--duration: give stages, or vus and a duration")
-    if opts.stages:
-        stages = [parse_stage(s) for s in opts.stages]
-    elif opts.vus is None and opts.duration is None and gv.get("loadgen_stages"):
-        texts = gv["loadgen_stages"]
-        if not isinstance(texts, list):
-            raise UsageError(f"loadgen_stages (inventory) {texts!r} must be a list of DURATION:TARGET")
-        stages = [parse_stage(s) for s in texts]
-    else:
-        vus, vus_name = given("--vus", opts.vus, "loadgen_vus", 1000)
-        duration, _ = given("--duration", opts.duration, "loadgen_duration", "60s")
-        stages = hold_stages(vus, duration, vus_name)
+    inventory_stages = gv.get("loadgen_stages")
+    if inventory_stages is not None and not isinstance(inventory_stages, list):
+        raise UsageError(f"loadgen_stages (inventory) {inventory_stages!r} must be a list of DURATION:TARGET")
+    vus, vus_name = given("--vus", opts.vus, "loadgen_vus", 1000)
+    stages = choose_stages(opts.stages, opts.vus, opts.duration, default_stages=inventory_stages, default_vus=vus,
+                           default_duration=given("--duration", opts.duration, "loadgen_duration", "60s")[0],
+                           vus_name=vus_name)
     rate, rate_name = given("--rate", opts.rate, "loadgen_rate", 1.0)
     size, size_name = given("--message-size", opts.message_size, "loadgen_message_size", 1024)
     generators = inv.group("generators")

@@ -67,21 +67,27 @@ def hold_stages(vus_text, duration_text, what: str = "--vus") -> list[Stage]:
     return [Stage(0, vus), Stage(duration, vus)]
 
 
+def choose_stages(stage_texts: list[str], vus, duration, *, default_stages, default_vus, default_duration,
+                  vus_name: str = "--vus") -> list[Stage]:
+    """--stage ..., or --vus N --duration D, or the defaults (stages first): the same choice for fab and loadgen run."""
+    if stage_texts and (vus is not None or duration is not None):
+        raise UsageError("--stage conflicts with --vus/--duration: give stages, or vus and a duration")
+    if stage_texts:
+        return [parse_stage(s) for s in stage_texts]
+    if vus is None and duration is None and default_stages:
+        return [s if isinstance(s, Stage) else parse_stage(s) for s in default_stages]
+    return hold_stages(default_vus if vus is None else vus, default_duration if duration is None else duration,
+                       vus_name)
+
+
 def plan_from_args(args, env: dict) -> RunPlan:
     """args: `loadgen run`'s parsed flags; env: ENV_KEYS from the environment with -e overrides applied."""
     if args.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {args.scenario!r}; choose one of: {', '.join(SCENARIOS)}")
     d = DEFAULTS[args.scenario]
 
-    if args.stage and (args.vus is not None or args.duration is not None):
-        raise UsageError("--stage conflicts with --vus/--duration: give stages, or vus and a duration")
-    if args.stage:
-        stages = [parse_stage(s) for s in args.stage]
-    elif args.vus is None and args.duration is None and d["stages"]:
-        stages = list(d["stages"])
-    else:
-        stages = hold_stages(d["vus"] if args.vus is None else args.vus,
-                             args.duration if args.duration is not None else (d["duration"] or 300.0))
+    stages = choose_stages(args.stage, args.vus, args.duration, default_stages=d["stages"], default_vus=d["vus"],
+                           default_duration=d["duration"] or 300.0)
 
     closed_loop = bool(args.closed_loop)
     rate = d["rate"] if args.rate is None else parse_number(args.rate, "--rate")
