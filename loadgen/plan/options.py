@@ -90,11 +90,10 @@ def plan_from_args(args, env: dict) -> RunPlan:
                            default_duration=d["duration"] or 300.0)
 
     closed_loop = bool(args.closed_loop)
-    rate = d["rate"] if args.rate is None else parse_number(args.rate, "--rate")
-    if closed_loop:
-        if args.rate is not None:
-            raise UsageError("--closed-loop sends the next echo when the reply arrives; it takes no --rate")
-        rate = 0.0  # nothing is offered on a schedule: the gateway's pace sets the rate
+    if args.rate is not None:
+        rate = parse_number(args.rate, "--rate")  # with --closed-loop, RunPlan refuses any rate but 0
+    else:  # closed loop: nothing is offered on a schedule, the gateway's pace sets the rate
+        rate = 0.0 if closed_loop else d["rate"]
 
     port = parse_int(env.get("GATEWAY_PORT", "8080"), "GATEWAY_PORT")
     hosts = args.gateways or env.get("GATEWAY_HOSTS")
