@@ -27,7 +27,7 @@ def test_cluster_test_help_has_one_right_line_per_option():
     assert all(parsed), [line for line, m in zip(starts, parsed) if not m]
     names = [m["long"] for m in parsed]
     assert len(names) == len(set(names))
-    assert {"inventory", "reports-dir", "connections", "duration", "stage", "criterion", "deadman"} <= set(names)
+    assert {"inventory", "reports-dir", "vus", "duration", "stage", "criterion", "deadman-timeout"} <= set(names)
     assert {m["long"]: m["short"] for m in parsed if m["short"]} == {"inventory": "i"}  # no derived short flags
     for m in parsed:  # every option but the repeatable ones shows its value; those say they take one
         line = next(s for s in starts if f"--{m['long']}" in s)
