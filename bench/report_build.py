@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from synthetic import AgentSpec, make_pool, make_run  # noqa: E402
 
-from loadgen.agent import histogram as hdr  # noqa: E402
+from hdrh.histogram import HdrHistogram  # noqa: E402
 from loadgen.report import build_report  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> int:
     t = time.perf_counter()
     s = build_report(run_dir)
     build_s = time.perf_counter() - t
-    expected = sum(hdr.decode(cell).get_total_count() * n for cell, n in truth.pool_counts)
+    expected = sum(HdrHistogram.decode(cell).get_total_count() * n for cell, n in truth.pool_counts)
     ok = s["latency_ms"]["count"] == expected
     print(f"report built in {build_s:.1f} s (analysis {s['analysis_seconds']:.1f} s; goal <= 60 s): status {s['status']}, "
           f"{s['latency_ms']['count']:,} latency samples merged ({'matches' if ok else 'DIFFERS FROM'} the known {expected:,}), "

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from loadgen.agent import histogram as hdr
-from loadgen.agent.interval import COLUMNS, FAIL_REASONS
+from loadgen.results import histogram as hdr
+from loadgen.results.columns import COLUMNS, FAIL_REASONS
 from loadgen.plan import criteria as crit
 from loadgen.plan.stages import Profile, parse_stage
 

@@ -2,7 +2,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from loadgen.agent import histogram as hdr
+from loadgen.results import histogram as hdr
 
 
 def exact_percentile(values, p):
@@ -20,7 +20,7 @@ def test_merged_percentiles_equal_percentiles_of_all_samples():
     for values in agents:
         h = hdr.new_histogram()
         for v in values:
-            hdr.record_us(h, v)
+            h.record_value(v)
         hdr.merge_encoded(merged, hdr.encode(h))  # through the CSV encoding, as the report does
     everything = [v for values in agents for v in values]
     for p in (50, 95, 99, 99.9):
@@ -42,8 +42,8 @@ def test_merge_is_exact_for_any_split(chunks):
     for chunk in chunks:
         h = hdr.new_histogram()
         for v in chunk:
-            hdr.record_us(h, v)
-            hdr.record_us(whole, v)
+            h.record_value(v)
+            whole.record_value(v)
         hdr.merge_encoded(merged, hdr.encode(h))
     assert merged.get_total_count() == whole.get_total_count()
     for p in (50, 90, 99, 100):
@@ -51,11 +51,15 @@ def test_merge_is_exact_for_any_split(chunks):
 
 
 def test_empty_encodes_to_empty_cell_and_clamps_out_of_range():
-    h = hdr.new_histogram()
-    assert hdr.encode(h) == "" and hdr.percentiles_ms(hdr.decode(""))["p99"] is None
-    hdr.record_us(h, 0)
-    hdr.record_us(h, 10**15)
-    assert h.get_total_count() == 2
+    empty = hdr.new_histogram()
+    hdr.merge_encoded(empty, "")
+    assert hdr.encode(empty) == "" and hdr.percentiles_ms(empty)["p99"] is None
+    recorder = hdr.Recorder()
+    recorder.record(0)
+    recorder.record(10**15)
+    h = recorder.to_histogram()
+    assert h.get_total_count() == 2 and h.get_min_value() == hdr.LOWEST_US
+    assert h.get_max_value() == h.get_highest_equivalent_value(hdr.HIGHEST_US)
 
 
 def test_flush_and_merge_leave_no_histogram_for_the_collector():

@@ -12,7 +12,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from conftest import TOKEN, start_gateway
-from loadgen.agent import histogram as hdr
+from loadgen.results import histogram as hdr
 from loadgen.report import build_report
 
 
@@ -31,7 +31,7 @@ def real_run(tmp_path, run_dir) -> dict:
                  "--out", str(run_dir / "agents" / host)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for host, p in procs.items():
             out, err = p.communicate(timeout=60)
-            assert p.returncode in (0, 99), err
+            assert p.returncode in (0, 1, 99), err  # the run completed: PASS, PARTIAL (a 2 s hold has no leak slope) or FAIL
         metrics = gw.metrics()
     finally:
         gw.stop()
@@ -65,7 +65,10 @@ def test_report_of_a_real_local_run(real):
     assert s["latency_ms"]["count"] == merged.get_total_count()
     assert s["messages"]["throughput_per_s"] == sum(a["messages"]["throughput_per_s"] for a in agents.values())
     assert s["gateway"]["source"] == "agents' gateway_metrics.csv" and s["gateway"]["gateway_cpu_percent"] is not None
-    assert s["status"] == "PASS", s["criteria"]
+    # a 2 s hold is too short for the leak slope: not measured, so PARTIAL at best (never a pass)
+    assert s["status"] == "PARTIAL", s["criteria"]
+    assert s["partial_reasons"] == ["not measured: Gateway RSS growth during hold (bytes/min, leak check)"]
+    assert all(r["passed"] for r in s["criteria"] if r["name"] != "gateway_rss_growth_bytes_per_min")
     assert {h: a["state"] for h, a in s["agents"].items()} == {"gen-1": "done", "gen-2": "done"}
     assert all(abs(a["start_skew_ms"]) < 1000 for a in s["agents"].values())
     html = open(s["report"]).read()
@@ -83,6 +86,6 @@ def test_real_report_opens_in_chromium(real, tmp_path):
         result = b.evaluate(CHECK_JS)
         b.screenshot(str(tmp_path / "real.png"), result["height"])
         assert b.errors() == [] and result["bad"] == [] and result["sections"] == SECTIONS
-        assert result["charts"] >= 8 and result["status"] == "PASS"
+        assert result["charts"] >= 8 and result["status"] == s["status"]
     finally:
         b.close()

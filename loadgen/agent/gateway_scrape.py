@@ -9,10 +9,6 @@ from __future__ import annotations
 import threading
 import time
 
-COLUMNS = ("ts", "url", "active_connections", "rss_bytes", "cpu_seconds", "open_fds", "max_fds",
-           "messages_sent_total", "errors_total")
-
-
 def sample(url: str, timeout: float = 2.0) -> dict | None:
     # imported here: urllib.request (http.client, email) and psutil (via the metrics module) cost the
     # agent ~2.5 MB, needed only with --gateway-metrics
@@ -51,43 +47,3 @@ class Scraper(threading.Thread):
                     self.on_row(row)
             self.halt.wait(1.0)
 
-
-def _slope_per_min(points: list[tuple[float, float]]) -> float | None:
-    if len(points) < 3:
-        return None
-    n = len(points)
-    mx = sum(p[0] for p in points) / n
-    my = sum(p[1] for p in points) / n
-    var = sum((p[0] - mx) ** 2 for p in points)
-    if var == 0:
-        return None
-    return sum((p[0] - mx) * (p[1] - my) for p in points) / var * 60.0
-
-
-def gateway_figures(rows: list[dict], hold: tuple[float, float] | None) -> dict:
-    """Per-node derived figures and the worst node's value for each criterion."""
-    by_url: dict[str, list[dict]] = {}
-    for r in rows:
-        by_url.setdefault(r["url"], []).append(r)
-    mem_per_conn, cpu_peak, growth = [], [], []
-    for series in by_url.values():
-        series.sort(key=lambda r: r["ts"])
-        base = series[0]
-        peak = max(series, key=lambda r: r["active_connections"])
-        if peak["active_connections"] > base["active_connections"]:
-            mem_per_conn.append((peak["rss_bytes"] - base["rss_bytes"])
-                                / (peak["active_connections"] - base["active_connections"]))
-        window = min(5, len(series) - 1)  # CPU over 5-sample windows (fewer on a short run)
-        for a, b in zip(series, series[window:]) if window > 0 else ():
-            if b["ts"] > a["ts"]:
-                cpu_peak.append((b["cpu_seconds"] - a["cpu_seconds"]) / (b["ts"] - a["ts"]) * 100.0)
-        if hold:
-            slope = _slope_per_min([(r["ts"], r["rss_bytes"]) for r in series if hold[0] <= r["ts"] <= hold[1]])
-            if slope is not None:
-                growth.append(slope)
-    return {
-        "gateway_memory_per_connection_bytes": max(mem_per_conn) if mem_per_conn else None,
-        "gateway_cpu_percent": max(cpu_peak) if cpu_peak else None,
-        "gateway_rss_growth_bytes_per_min": max(growth) if growth else None,
-        "gateway_nodes_sampled": len(by_url),
-    }

@@ -1,23 +1,10 @@
-"""One second of a worker's measurements: counters plus interval histograms -> one CSV row.
-
-This module is the CSV schema (docs/data-format.md): COLUMNS is the column order of
-timeseries.csv, and the report reads these names.
-"""
+"""One second of a worker's measurements: counters plus interval histograms -> one CSV row
+(the schema: loadgen.results.columns)."""
 
 from __future__ import annotations
 
-from loadgen.agent import histogram as hdr
-
-FAIL_REASONS = ("refused", "timeout", "auth", "rejected", "reset", "no_ports", "fd_limit", "other")
-COUNTERS = (
-    "connects_ok", *(f"fail_{r}" for r in FAIL_REASONS),
-    "disconnects", "disc_by_gateway", "disc_lost", "closes",
-    "msgs_sent", "msgs_received", "msgs_acked", "msgs_errors", "msgs_send_failed", "msgs_skipped",
-    "bytes_sent", "bytes_received", "pings", "pongs",
-)
-HISTOGRAMS = ("latency_hdr", "connect_hdr", "session_hdr")
-COLUMNS = ("ts", "agent", "worker", "elapsed_s", "phase", "target", "active", "connecting",
-           "connects_failed", *COUNTERS, *HISTOGRAMS)
+from loadgen.results import histogram as hdr
+from loadgen.results.columns import COUNTERS, FAIL_REASONS
 
 
 class Interval:

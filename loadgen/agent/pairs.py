@@ -22,7 +22,7 @@ import os
 
 from hdrh.histogram import HdrHistogram
 
-from loadgen.agent.histogram import merge_encoded
+from loadgen.results.histogram import merge_encoded
 
 COLUMNS = ("ts", "agent", "worker", "src", "dst", "msgs_received", "latency_hdr")
 LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS = 1, 60_000_000, 2

@@ -17,12 +17,14 @@ import time
 
 from loadgen import __version__, deadman
 from loadgen.agent import gateway_scrape, pairs
-from loadgen.agent import histogram as hdr
-from loadgen.agent.interval import COLUMNS, COUNTERS
 from loadgen.agent.worker import Worker, classify_connect_error, event_loop_runner, tune_gc, worker_main
-from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
-from loadgen.plan import criteria as crit
+from loadgen.errors import EXIT_FAILURE, LoadgenError, UsageError
 from loadgen.plan.runplan import stages_to_json
+from loadgen.results import figures, gateway
+from loadgen.results import histogram as hdr
+from loadgen.results.columns import COLUMNS, COUNTERS, GATEWAY_COLUMNS
+from loadgen.results.text import print_summary
+from loadgen.results.verdict import EXIT_CODES, evaluate, verdict
 
 
 def worker_index(proc) -> int:
@@ -75,13 +77,11 @@ class Totals:
         self.latency = hdr.new_histogram()
         self.connect = hdr.new_histogram()
         self.session = hdr.new_histogram()
-        self.hold_received = 0
-        self.hold_rows = 0
+        self.hold_received: dict[int, list[int]] = {}  # per worker, msgs_received of each hold row
         self.hold_span: list[float] = []
         self.first_ts = None
         self.last_ts = None
         self.peak_active: dict[int, int] = {}
-        self.warm: set[int] = set()
 
     def add(self, row: dict) -> None:
         for name in COUNTERS:
@@ -89,40 +89,34 @@ class Totals:
         hdr.merge_encoded(self.latency, row["latency_hdr"])
         hdr.merge_encoded(self.connect, row["connect_hdr"])
         hdr.merge_encoded(self.session, row["session_hdr"])
-        if row["phase"] == "hold" and row["worker"] in self.warm:  # each worker's first hold second is warm-up
-            self.hold_received += row["msgs_received"]
-            self.hold_rows += 1
-            ts = row["ts"]
-            self.hold_span = [min(self.hold_span[0], ts), max(self.hold_span[1], ts)] if self.hold_span else [ts, ts]
-        self.first_ts = row["ts"] if self.first_ts is None else min(self.first_ts, row["ts"])
-        self.last_ts = row["ts"] if self.last_ts is None else max(self.last_ts, row["ts"])
-        self.peak_active[row["worker"]] = max(self.peak_active.get(row["worker"], 0), row["active"])
+        ts = row["ts"]
         if row["phase"] == "hold":
-            self.warm.add(row["worker"])
+            self.hold_received.setdefault(row["worker"], []).append(row["msgs_received"])
+            self.hold_span = [min(self.hold_span[0], ts), max(self.hold_span[1], ts)] if self.hold_span else [ts, ts]
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+        self.peak_active[row["worker"]] = max(self.peak_active.get(row["worker"], 0), row["active"])
 
 
 def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> dict:
     c = totals.counts
-    failed = sum(v for k, v in c.items() if k.startswith("fail_"))
-    attempted = c["connects_ok"] + failed
-    offered = c["msgs_sent"] + c["msgs_send_failed"]
-    duration = max(1e-9, (facts["ended_at"] - facts["started_at"]))
-    hold_seconds = totals.hold_rows / max(1, plan.workers)
-    throughput = (totals.hold_received / hold_seconds) if hold_seconds >= 1 else c["msgs_received"] / duration
+    connections = figures.connection_figures(c)
+    connections["peak_active"] = sum(totals.peak_active.values())
+    seconds = totals.last_ts - totals.first_ts + 1 if totals.first_ts is not None else 0.0
+    messages = figures.message_figures(
+        c, figures.throughput_per_s(totals.hold_received.values(), c["msgs_received"], seconds))
     connect = hdr.percentiles_ms(totals.connect)
     latency = hdr.percentiles_ms(totals.latency)
     session = hdr.percentiles_ms(totals.session)
-    metrics = {
-        "connection_success_rate": c["connects_ok"] / attempted if attempted else None,
-        "connect_p95_ms": connect["p95"],
-        "message_p99_ms": latency["p99"],
-        "message_success_rate": c["msgs_received"] / offered if offered else None,
-        "session_p95_s": session["p95"] / 1000 if session["p95"] is not None else None,
-        "throughput_per_s": throughput if c["msgs_sent"] else None,
-    }
-    metrics.update(gateway_scrape.gateway_figures(
-        gateway_rows, tuple(totals.hold_span) if totals.hold_span else None))
-    rows, passed = crit.evaluate(plan.criteria, metrics)
+    gateway_figures = gateway.scraped_figures(gateway_rows, tuple(totals.hold_span) if totals.hold_span else None)
+    rows = evaluate(plan.criteria, figures.criteria_metrics(connections, messages, connect, latency, session,
+                                                            gateway_figures))
+    problems = []
+    if facts["stopped_by"]:
+        problems.append(f"stopped early: {facts['stopped_by']}")
+    if facts["workers_dead"]:
+        problems.append(f"workers died: {facts['workers_dead']}")
+    status, partial_reasons = verdict(rows, problems)
     return {
         "scenario": plan.scenario,
         "agent": plan.agent_id,
@@ -136,56 +130,22 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
                  "rate_per_user": plan.rate, "message_size": plan.message_size, "mode": plan.mode,
                  "endpoints": [f"{h}:{p}" for h, p in plan.endpoints], "workers": plan.workers,
                  "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_msgs_per_s},
-        "connections": {"attempted": attempted, "established": c["connects_ok"], "failed": failed,
-                        "success_rate": metrics["connection_success_rate"],
-                        "failed_by_reason": {k[5:]: v for k, v in c.items() if k.startswith("fail_") and v},
-                        "disconnects": c["disconnects"], "peak_active": sum(totals.peak_active.values())},
+        "connections": connections,
         "connect_ms": connect,
-        "messages": {"sent": c["msgs_sent"], "received": c["msgs_received"], "acked": c["msgs_acked"],
-                     "errors": c["msgs_errors"] + c["msgs_send_failed"], "error_frames": c["msgs_errors"],
-                     "send_failed": c["msgs_send_failed"], "skipped": c["msgs_skipped"],
-                     "lost": max(0, c["msgs_sent"] - c["msgs_received"] - c["msgs_errors"]),
-                     "success_rate": metrics["message_success_rate"], "throughput_per_s": metrics["throughput_per_s"]},
+        "messages": messages,
         "latency_ms": latency,
-        "session_s": {k: (v / 1000 if isinstance(v, float) else v) for k, v in session.items()},
-        "gateway": {k: v for k, v in metrics.items() if k.startswith("gateway_")},
+        "session_s": figures.session_seconds(session),
+        "gateway": gateway_figures,
         "histograms": {"latency": hdr.encode(totals.latency), "connect": hdr.encode(totals.connect),
                        "session": hdr.encode(totals.session)},
         "criteria": rows,
-        "passed": passed,
+        "status": status,
+        "partial_reasons": partial_reasons,
+        "passed": status == "PASS",
         "complete": facts["complete"],
         "workers_dead": facts["workers_dead"],
         "stopped_by": facts["stopped_by"],
     }
-
-
-def _fmt(v, unit="ms"):
-    return "n/a" if v is None else f"{v:.2f}{unit}"
-
-
-def print_summary(s: dict, out=sys.stdout) -> None:
-    title = f"{s['scenario'].capitalize()} Load Test Summary"
-    c, m, lat, con = s["connections"], s["messages"], s["latency_ms"], s["connect_ms"]
-    rate = lambda r: "n/a" if r is None else f"{r * 100:.2f}%"  # noqa: E731
-    lines = [title, "=" * len(title), "", "Connections:", f"  Total Attempts: {c['attempted']}",
-             f"  Success Rate: {rate(c['success_rate'])}", f"  Errors: {c['failed']}"
-             + (f"  ({', '.join(f'{k}={v}' for k, v in c['failed_by_reason'].items())})" if c["failed_by_reason"] else ""),
-             f"  Disconnects: {c['disconnects']}", "", "Connection Duration:",
-             f"  Min: {_fmt(con['min'])}", f"  Avg: {_fmt(con['mean'])}", f"  P95: {_fmt(con['p95'])}",
-             f"  Max: {_fmt(con['max'])}", "", "Messages:", f"  Sent: {m['sent']}", f"  Received: {m['received']}",
-             f"  Errors: {m['errors']}",
-             f"  Throughput: {_fmt(m['throughput_per_s'], '')} msg/sec",
-             "", "Message Latency (from scheduled send time):", f"  Min: {_fmt(lat['min'])}", f"  Avg: {_fmt(lat['mean'])}",
-             f"  P50: {_fmt(lat['p50'])}", f"  P95: {_fmt(lat['p95'])}", f"  P99: {_fmt(lat['p99'])}",
-             f"  Max: {_fmt(lat['max'])}", "", "Success Rate:", f"  Message Success: {rate(m['success_rate'])}", "",
-             "Criteria:"]
-    for r in s["criteria"]:
-        lines.append(f"  {crit.criterion_line(r)}")
-    verdict = "PASSED" if s["passed"] else "FAILED"
-    if not s["complete"]:
-        verdict += f" (INCOMPLETE: {s['stopped_by'] or 'workers died'})"
-    lines += ["", f"Result: {verdict}"]
-    print("\n".join(lines), file=out)
 
 
 class Outputs:
@@ -197,7 +157,7 @@ class Outputs:
         self.csv = open(os.path.join(out_dir, "timeseries.csv"), "w", newline="")
         self.rows = csv.DictWriter(self.csv, fieldnames=COLUMNS)
         self.gw = open(os.path.join(out_dir, "gateway_metrics.csv"), "w", newline="") if with_gateway else None
-        self.gw_rows = csv.DictWriter(self.gw, fieldnames=gateway_scrape.COLUMNS) if self.gw else None
+        self.gw_rows = csv.DictWriter(self.gw, fieldnames=GATEWAY_COLUMNS) if self.gw else None
         self.guard(self.rows.writeheader)
         if self.gw_rows:
             self.guard(self.gw_rows.writeheader)
@@ -464,7 +424,7 @@ class Agent:
         if dead or errors:
             print(f"loadgen: error: {len(dead)} worker(s) died: {'; '.join(errors) or 'killed'}", file=sys.stderr)
             return EXIT_FAILURE
-        return EXIT_OK if summary["passed"] else EXIT_CRITERIA
+        return EXIT_CODES[summary["status"]]
 
 
 class Progress:

@@ -25,7 +25,7 @@ import picows
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
 
 from loadgen.agent import frames
-from loadgen.agent import histogram as hdr
+from loadgen.results import histogram as hdr
 from loadgen.agent.interval import Interval
 from loadgen.agent.pairs import PairLatency, node_index
 from loadgen.agent.schedule import OpenSchedule

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
+from loadgen.errors import EXIT_OK, LoadgenError, UsageError
 from loadgen.fleet import probes
 from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
@@ -30,6 +30,7 @@ from loadgen.plan.cluster import FleetPlan, new_run_id
 from loadgen.plan.options import choose_stages, parse_int, parse_number
 from loadgen.plan.runplan import RunPlan
 from loadgen.plan.stages import parse_duration
+from loadgen.results.verdict import EXIT_CODES
 
 POLL_S = 2.0
 
@@ -476,9 +477,7 @@ class ClusterTest:
 
         summary = build_report(self.run_dir)
         print(format_verdict(summary), flush=True)  # the same lines as `fab report`: verdict, what failed, the page
-        if summary["status"] == "PASS":
-            return EXIT_OK
-        return EXIT_CRITERIA if summary["status"] == "FAIL" else EXIT_FAILURE
+        return EXIT_CODES[summary["status"]]
 
 
 def cluster_test(opts: Options) -> int:

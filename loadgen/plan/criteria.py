@@ -1,4 +1,4 @@
-"""Success criteria: the spec's defaults per scenario, overrides, and evaluation against a summary."""
+"""Success criteria: the spec's defaults per scenario and overrides (evaluated by loadgen.results.verdict)."""
 
 from __future__ import annotations
 
@@ -109,8 +109,3 @@ def for_load(scenario: str, *, hold_s: float, offered_per_s: float, overrides: l
     """The spec's defaults for this scenario at this load, with --criterion overrides applied."""
     return apply_overrides(default_criteria(scenario, hold_s=hold_s, offered_per_s=offered_per_s), overrides)
 
-
-def evaluate(criteria: list[Criterion], metrics: dict) -> tuple[list[dict], bool]:
-    """Rows for summary.json and the verdict: passed when every measured criterion passed."""
-    rows = [c.as_dict(metrics.get(c.name)) for c in criteria]
-    return rows, all(r["passed"] is not False for r in rows)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loadgen.errors import EXIT_CRITERIA, EXIT_FAILURE, EXIT_OK, LoadgenError, UsageError
-
-STATUS_EXIT = {"PASS": EXIT_OK, "FAIL": EXIT_CRITERIA, "PARTIAL": EXIT_FAILURE}
+from loadgen.errors import EXIT_CRITERIA, EXIT_OK, LoadgenError, UsageError
+from loadgen.results.verdict import EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
         s = build_report(args.run_dir[0])
         print(format_verdict(s))
-        return STATUS_EXIT[s["status"]]
+        return EXIT_CODES[s["status"]]
     except LoadgenError as exc:
         print(f"loadgen: error: {exc}", file=sys.stderr)
         return exc.exit_code

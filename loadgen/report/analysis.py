@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from loadgen import __version__
-from loadgen.agent.interval import FAIL_REASONS
 from loadgen.agent.pairs import pair_summary
-from loadgen.agent.runner import print_summary
 from loadgen.plan import criteria as crit
 from loadgen.report import diagnostics, hosts
 from loadgen.report.bins import ROW_S, bin_centers, row_bins, sample_bins
+from loadgen.results import figures, gateway
+from loadgen.results.columns import COUNTERS, FAIL_REASONS
+from loadgen.results.text import print_summary
+from loadgen.results.verdict import criteria_passed, evaluate, verdict
 from loadgen.report.hist import Hist, decoder
 from loadgen.report.load import RunData, run_agents, unreachable_hosts
 
@@ -209,32 +211,13 @@ def gateway_frame(run: RunData) -> tuple[pd.DataFrame | None, str]:
     best = gm.groupby(["url", "_agent"]).size().reset_index(name="n").sort_values("n").groupby("url").tail(1)
     gm = gm.merge(best[["url", "_agent"]], on=["url", "_agent"]).sort_values(["url", "ts"])
     gm["node"] = gm["url"].map(lambda u: urlparse(u).netloc or u)
-    # CPU over 5-sample windows (fewer on a short run), as the agent computes it (loadgen.agent.gateway_scrape)
-    def window_rate(g: pd.DataFrame) -> pd.Series:
-        w = min(5, len(g) - 1)
-        if w < 1:
-            return pd.Series(np.nan, index=g.index)
-        d_cpu, d_ts = g["cpu_seconds"].diff(w), g["ts"].diff(w)
-        return (d_cpu / d_ts * 100.0).where(d_ts > 0)
-
-    gm["cpu_percent"] = pd.concat([window_rate(g) for _, g in gm.groupby("url")])
+    # CPU over 5-sample windows (fewer on a short run), as the agent computes it
+    gm["cpu_percent"] = pd.concat([
+        pd.Series(gateway.cpu_window_percent(g["ts"].to_numpy(dtype=float), g["cpu_seconds"].to_numpy(dtype=float)),
+                  index=g.index, dtype=float)
+        for _, g in gm.groupby("url")])
     out = gm.rename(columns={"active_connections": "conns", "rss_bytes": "rss", "open_fds": "fds"})
     return out[["ts", "node", "conns", "rss", "cpu_percent", "fds"]], "agents' gateway_metrics.csv"
-
-
-def rss_regression(ts: np.ndarray, rss: np.ndarray) -> dict | None:
-    """Least squares RSS = a + b*t over the hold; slope in bytes/min and R^2 (None under 3 points)."""
-    ok = np.isfinite(ts) & np.isfinite(rss)
-    ts, rss = ts[ok], rss[ok]
-    if len(ts) < 3 or np.ptp(ts) <= 0:
-        return None
-    minutes = (ts - ts[0]) / 60.0
-    slope, intercept = np.polyfit(minutes, rss, 1)
-    fit = intercept + slope * minutes
-    ss_tot = float(((rss - rss.mean()) ** 2).sum())
-    r2 = 1.0 - float(((rss - fit) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
-    return {"slope_bytes_per_min": float(slope), "r2": r2, "points": int(len(ts)), "minutes": float(minutes[-1]),
-            "rss_start": float(fit[0]), "rss_end": float(fit[-1])}
 
 
 def gateway_nodes(gw: pd.DataFrame | None, hold) -> list[dict]:
@@ -251,17 +234,14 @@ def gateway_nodes(gw: pd.DataFrame | None, hold) -> list[dict]:
                "hold_connections": None}
         finite = np.isfinite(conns) & np.isfinite(rss)
         if finite.sum() >= 2:
-            c, r = conns[finite], rss[finite]
-            peak = int(np.argmax(c))
-            if c[peak] > c[0]:  # same formula as the agent: (RSS at peak - RSS at start) / connections added
-                row["memory_per_connection"] = (r[peak] - r[0]) / (c[peak] - c[0])
+            row["memory_per_connection"] = gateway.memory_per_connection(conns[finite], rss[finite])
         cpu = g["cpu_percent"].astype(float)
         if cpu.notna().any():
-            row["cpu_peak"] = _num(cpu.rolling(5, min_periods=1).mean().max())
+            row["cpu_peak"] = _num(cpu.rolling(gateway.CPU_WINDOW, min_periods=1).mean().max())
             row["cpu_mean"] = _num(cpu.mean())
         if hold:
             in_hold = g[(g["ts"] >= hold[0]) & (g["ts"] <= hold[1])]
-            row["leak"] = rss_regression(in_hold["ts"].to_numpy(dtype=float), in_hold["rss"].to_numpy(dtype=float))
+            row["leak"] = gateway.rss_regression(in_hold["ts"].to_numpy(dtype=float), in_hold["rss"].to_numpy(dtype=float))
             if len(in_hold) and in_hold["conns"].notna().any():
                 row["hold_connections"] = _num(in_hold["conns"].mean())
         nodes.append(row)
@@ -273,11 +253,11 @@ def gateway_nodes(gw: pd.DataFrame | None, hold) -> list[dict]:
 
 def _agent_state(host: str, a, facts: dict, unreachable: dict) -> tuple[str, str | None]:
     """done | dead | unreachable | missing | incomplete, and why."""
-    state = str(facts.get("state") or facts.get("exit_state") or "").lower()
+    state = str(facts.get("state") or "").lower()
     if host in unreachable:
         return "unreachable", unreachable[host]
     if state in ("dead", "unreachable"):
-        return state, facts.get("reason") or facts.get("error") or f"run.json says {state}"
+        return state, facts.get("error") or f"run.json says {state}"
     if a.path is None or (a.timeseries is None and a.summary is None):
         why = facts.get("collect_error") or facts.get("error")
         return "missing", f"no output collected from this generator{': ' + str(why) if why else ''}"
@@ -310,84 +290,119 @@ def _skew(a, facts: dict, planned) -> dict:
 
 
 def analyze(run: RunData) -> dict:
+    """Everything the report shows: a run's rows -> figures -> criteria -> verdict -> summary."""
     started = time.perf_counter()
-    hosts_ = list(run.agents)
-    frames = []
-    for i, h in enumerate(hosts_):
-        df = run.agents[h].timeseries
-        if df is not None and len(df):
-            frames.append(df.assign(host=h, host_idx=i))
-    ts = pd.concat(frames, ignore_index=True) if frames else None
+    ts = _rows(run)
     win = _window(run, ts)
     pf = _plan_facts(run)
     scenario = str(run.plan.get("scenario") or next((a.summary.get("scenario") for a in run.agents.values() if a.summary), "") or "cluster")
-    nb = win["nbins"]
     if ts is not None:
         ts["bin"] = row_bins(ts["ts"], win)
+    hosts_ = list(run.agents)
+    lat = merge_histograms(ts, "latency_hdr", hosts_, True, win["nbins"])
+    con = merge_histograms(ts, "connect_hdr", hosts_, True, win["nbins"])
+    ses = merge_histograms(ts, "session_hdr", hosts_, False, win["nbins"])
 
-    lat = merge_histograms(ts, "latency_hdr", hosts_, True, nb)
-    con = merge_histograms(ts, "connect_hdr", hosts_, True, nb)
-    ses = merge_histograms(ts, "session_hdr", hosts_, False, nb)
-    bad_cells = lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"]
-
-    counters = ["connects_ok", *(f"fail_{r}" for r in FAIL_REASONS), "disconnects", "closes", "msgs_sent",
-                "msgs_received", "msgs_acked", "msgs_errors", "msgs_send_failed", "msgs_skipped", "bytes_sent",
-                "bytes_received", "pings", "pongs"]
-    c = {k: int(ts[k].sum()) if ts is not None else 0 for k in counters}
-    failed = sum(c[f"fail_{r}"] for r in FAIL_REASONS)
-    attempted = c["connects_ok"] + failed
-    offered_msgs = c["msgs_sent"] + c["msgs_send_failed"]
-
-    # throughput: per worker, received per hold second (its first hold second excluded), summed
-    throughput, hold_workers = None, 0
-    if ts is not None and c["msgs_sent"]:
-        hold_rows = ts[ts["phase"] == "hold"].sort_values("ts")
-        if len(hold_rows):
-            rates = []
-            for _, g in hold_rows.groupby(["host", "worker"]):
-                g = g.iloc[1:] if len(g) > 1 else g
-                rates.append(g["msgs_received"].sum() / len(g))
-            throughput, hold_workers = float(sum(rates)), len(rates)
-        else:
-            span = max(1.0, float(ts["ts"].max() - ts["ts"].min()) + 1)
-            throughput = c["msgs_received"] / span
-
+    counts = {k: int(ts[k].sum()) if ts is not None else 0 for k in COUNTERS}
+    throughput, hold_workers = _throughput(ts, counts)
+    connections = figures.connection_figures(counts)
+    messages = figures.message_figures(counts, throughput)
     connect = con["total"].percentiles_ms((50, 95, 99))
     latency = lat["total"].percentiles_ms((50, 95, 99))
     session = ses["total"].percentiles_ms((50, 95, 99))
-
     gw, gw_source = gateway_frame(run)
     nodes = gateway_nodes(gw, win["hold"])
+    gateway_figures = gateway.criteria_figures(nodes)
 
-    def worst(key, sub=None):
-        vals = [(n[key][sub] if sub else n[key], n) for n in nodes if n.get(key) is not None and (not sub or n[key])]
-        return max(vals, key=lambda x: x[0]) if vals else (None, None)
-
-    mem, mem_node = worst("memory_per_connection")
-    cpu, cpu_node = worst("cpu_peak")
-    growth, leak_node = worst("leak", "slope_bytes_per_min")
-    metrics = {
-        "connection_success_rate": c["connects_ok"] / attempted if attempted else None,
-        "connect_p95_ms": connect["p95"],
-        "message_p99_ms": latency["p99"],
-        "message_success_rate": c["msgs_received"] / offered_msgs if offered_msgs else None,
-        "session_p95_s": session["p95"] / 1000 if session["p95"] is not None else None,
-        "throughput_per_s": throughput,
-        "gateway_memory_per_connection_bytes": mem,
-        "gateway_cpu_percent": cpu,
-        "gateway_rss_growth_bytes_per_min": growth,
-    }
+    metrics = figures.criteria_metrics(connections, messages, connect, latency, session, gateway_figures)
     criteria, criteria_source = criteria_for(run, scenario, pf["hold_s"], pf["offered_msgs_per_s"] or 0.0)
-    rows, criteria_ok = crit.evaluate(criteria, metrics)
+    rows = evaluate(criteria, metrics)
+    evidence = _evidence(run, connections, messages, connect, latency, session, hold_workers, pf, nodes, gw_source)
+    for r in rows:
+        r["evidence"] = evidence.get(r["name"], "")
+
+    series = _series(ts, win, lat, con, gw, gw_source)
+    agents_out = _agents(run, series, lat, con, win)
+    problems = _run_problems(run, ts, agents_out, lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"])
+    status, partial = verdict(rows, problems)
+
+    dist = _distribution(nodes, agents_out, gw_source)
+    host_info = hosts.analyze_hosts(run, win, nodes)
+    stop = run.run.get("stopped_by")
+    summary = {
+        "schema": "loadgen-report/1",
+        "status": status, "passed": status == "PASS", "complete": not problems,
+        "partial_reasons": partial,
+        "run_id": run.run_id, "scenario": scenario, "agent": "cluster", "version": __version__,
+        "generated_at": time.time(),
+        "started_at": min((r["started_at"] for r in agents_out.values() if r["started_at"]), default=None),
+        "ended_at": max((r["ended_at"] for r in agents_out.values() if r["ended_at"]), default=None),
+        "planned_start_at": win["planned_start"],
+        "plan": pf,
+        "connections": {**connections, "closes": counts["closes"],
+                        "peak_active": _num(np.nanmax(series["active_total"])) if series.get("active_total") is not None
+                        and np.isfinite(series["active_total"]).any() else 0},
+        "connect_ms": connect,
+        "messages": {**messages, "pings": counts["pings"], "pongs": counts["pongs"], "bytes_sent": counts["bytes_sent"],
+                     "bytes_received": counts["bytes_received"]},
+        "latency_ms": latency,
+        "session_s": figures.session_seconds(session),
+        "gateway": {**gateway_figures, "source": gw_source, "leak_threshold_bytes_per_min": crit.LEAK_BYTES_PER_MIN},
+        "histograms": {"latency": lat["total"].encode(), "connect": con["total"].encode(), "session": ses["total"].encode()},
+        "criteria": rows, "criteria_source": criteria_source, "criteria_passed": criteria_passed(rows),
+        "workers_dead": {h: r["workers_dead"] for h, r in agents_out.items() if r["workers_dead"]},
+        "stopped_by": stop,
+        "agents": {h: {k: r.get(k) for k in ("state", "why", "version", "start_skew_ms", "worker_skew_max_ms",
+                                             "attempted", "success_rate", "peak_active", "latency_p99_ms")}
+                   for h, r in agents_out.items()},
+        "distribution": {k: v for k, v in dist.items() if k != "rows"},
+        "pairs": pair_summary(run.path),  # routing latency per gateway node pair (cross-node pairing)
+        "figures": {},
+    }
+    summary["figures"] = headline_figures(summary)
+    summary["diagnostics"] = diag = diagnostics.run_checks(summary, series, nodes, host_info, agents_out, win)
+    text = io.StringIO()
+    print_summary(summary, out=text)
+    summary["analysis_seconds"] = round(time.perf_counter() - started, 3)
+    return {"summary": summary, "series": series, "window": win, "nodes": nodes, "gw_source": gw_source,
+            "distribution": dist, "hosts": host_info, "agents": agents_out, "diagnostics": diag,
+            "text_summary": text.getvalue(), "problems": run.problems, "plan": run.plan, "run": run.run}
+
+
+def _rows(run: RunData) -> pd.DataFrame | None:
+    """Every agent's timeseries rows in one frame, with the agent's host and its index."""
+    frames = []
+    for i, (host, a) in enumerate(run.agents.items()):
+        if a.timeseries is not None and len(a.timeseries):
+            frames.append(a.timeseries.assign(host=host, host_idx=i))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _throughput(ts: pd.DataFrame | None, counts: dict) -> tuple[float | None, int]:
+    """Messages received per hold second (loadgen.results.figures.throughput_per_s) and the workers it spans."""
+    if ts is None or not counts["msgs_sent"]:
+        return None, 0
+    hold = ts[ts["phase"] == "hold"].sort_values("ts")
+    per_worker = [g["msgs_received"].tolist() for _, g in hold.groupby(["host", "worker"])]
+    seconds = float(ts["ts"].max() - ts["ts"].min()) + 1
+    return figures.throughput_per_s(per_worker, counts["msgs_received"], seconds), len(per_worker)
+
+
+def _evidence(run: RunData, connections: dict, messages: dict, connect: dict, latency: dict, session: dict,
+              hold_workers: int, pf: dict, nodes: list[dict], gw_source: str) -> dict:
+    """Per criterion, how its figure was obtained (shown next to it in the report)."""
     n_agents_data = sum(1 for a in run.agents.values() if a.timeseries is not None and len(a.timeseries))
-    reasons = {f"fail_{r}": c[f"fail_{r}"] for r in FAIL_REASONS}
-    evidence = {
-        "connection_success_rate": f"{c['connects_ok']:,} established of {attempted:,} attempts; failures: "
-        + (", ".join(f"{k[5:]}={v:,}" for k, v in reasons.items() if v) or "none"),
+    _, mem_node = gateway.worst(nodes, "memory_per_connection")
+    _, cpu_node = gateway.worst(nodes, "cpu_peak")
+    _, leak_node = gateway.worst(nodes, "leak", "slope_bytes_per_min")
+    offered = messages["sent"] + messages["send_failed"]
+    return {
+        "connection_success_rate": f"{connections['established']:,} established of {connections['attempted']:,} attempts; "
+        "failures: " + (", ".join(f"{k}={v:,}" for k, v in connections["failed_by_reason"].items()) or "none"),
         "connect_p95_ms": f"merged connect-time histogram of {connect['count']:,} handshakes from {n_agents_data} agent(s)",
         "message_p99_ms": f"merged latency histogram of {latency['count']:,} messages (receive time - scheduled send time)",
-        "message_success_rate": f"{c['msgs_received']:,} received of {offered_msgs:,} offered "
-        f"({c['msgs_sent']:,} sent + {c['msgs_send_failed']:,} not sendable)",
+        "message_success_rate": f"{messages['received']:,} received of {offered:,} offered "
+        f"({messages['sent']:,} sent + {messages['send_failed']:,} not sendable)",
         "session_p95_s": f"merged histogram of {session['count']:,} ended sessions",
         "throughput_per_s": f"messages received per hold second, per worker (first hold second excluded), summed over "
         f"{hold_workers} worker(s); offered {pf['offered_msgs_per_s'] or 0:,.0f} msg/s",
@@ -401,15 +416,14 @@ def analyze(run: RunData) -> dict:
             f"{crit.LEAK_BYTES_PER_MIN:,} bytes/min; source {gw_source}") if leak_node
         else "needs gateway RSS samples during the hold phase",
     }
-    for r in rows:
-        r["evidence"] = evidence.get(r["name"], "")
 
-    series = _series(ts, win, lat, con, gw, gw_source)
-    # agents, skew, partial
+
+def _agents(run: RunData, series: dict, lat: dict, con: dict, win: dict) -> dict:
+    """Per generator: its state (done, dead, ...), start skew and own figures."""
     facts_by_agent = run_agents(run.run)
     unreachable = unreachable_hosts(run.run)
-    agents_out, partial = {}, []
-    for i, (host, a) in enumerate(run.agents.items()):
+    agents_out = {}
+    for host, a in run.agents.items():
         facts = facts_by_agent.get(host, {})
         state, why = _agent_state(host, a, facts, unreachable)
         s = a.summary or {}
@@ -432,80 +446,24 @@ def analyze(run: RunData) -> dict:
                         "latency_p99_ms": lat["agents"][host].percentiles_ms((99,))["p99"],
                         "connect_p95_ms": con["agents"][host].percentiles_ms((95,))["p95"]})
         agents_out[host] = row
-        if state != "done":
-            partial.append(f"agent {host}: {state} ({why})")
-    for host, error in unreachable.items():
-        if host not in agents_out:
-            partial.append(f"host {host} unreachable ({error})")
-    if not run.agents:
-        partial.append("no agent output in agents/")
-    elif ts is None:
-        partial.append("no agent produced any timeseries rows")
-    stop = run.run.get("stop_reason") or run.run.get("stopped_by")
-    if stop:
-        partial.append(f"run stopped early: {stop}")
-    if bad_cells:
-        partial.append(f"{bad_cells} damaged histogram cell(s) skipped")
-    measured = any(r["passed"] is not None for r in rows)
-    if not criteria_ok:
-        status = "FAIL"
-    elif partial or not measured:
-        status = "PARTIAL"
-        if not measured and not partial:
-            partial.append("no success criterion could be measured")
-    else:
-        status = "PASS"
+    return agents_out
 
-    dist = _distribution(nodes, agents_out, gw_source)
-    host_info = hosts.analyze_hosts(run, win, nodes)
-    planned_start = win["planned_start"]
-    summary = {
-        "schema": "loadgen-report/1",
-        "status": status, "passed": status == "PASS", "complete": not partial,
-        "partial_reasons": partial,
-        "run_id": run.run_id, "scenario": scenario, "agent": "cluster", "version": __version__,
-        "generated_at": time.time(),
-        "started_at": min((r["started_at"] for r in agents_out.values() if r["started_at"]), default=None),
-        "ended_at": max((r["ended_at"] for r in agents_out.values() if r["ended_at"]), default=None),
-        "planned_start_at": planned_start,
-        "plan": pf,
-        "connections": {"attempted": attempted, "established": c["connects_ok"], "failed": failed,
-                        "success_rate": metrics["connection_success_rate"],
-                        "failed_by_reason": {k[5:]: v for k, v in reasons.items() if v},
-                        "disconnects": c["disconnects"], "closes": c["closes"],
-                        "peak_active": _num(np.nanmax(series["active_total"])) if series.get("active_total") is not None
-                        and np.isfinite(series["active_total"]).any() else 0},
-        "connect_ms": connect,
-        "messages": {"sent": c["msgs_sent"], "received": c["msgs_received"], "acked": c["msgs_acked"],
-                     "errors": c["msgs_errors"] + c["msgs_send_failed"], "error_frames": c["msgs_errors"],
-                     "send_failed": c["msgs_send_failed"], "skipped": c["msgs_skipped"],
-                     "lost": max(0, c["msgs_sent"] - c["msgs_received"] - c["msgs_errors"]),
-                     "success_rate": metrics["message_success_rate"], "throughput_per_s": throughput,
-                     "pings": c["pings"], "pongs": c["pongs"], "bytes_sent": c["bytes_sent"], "bytes_received": c["bytes_received"]},
-        "latency_ms": latency,
-        "session_s": {k: (v / 1000 if isinstance(v, float) else v) for k, v in session.items()},
-        "gateway": {**{k: v for k, v in metrics.items() if k.startswith("gateway_")},
-                    "gateway_nodes_sampled": len(nodes), "source": gw_source,
-                    "leak_threshold_bytes_per_min": crit.LEAK_BYTES_PER_MIN},
-        "histograms": {"latency": lat["total"].encode(), "connect": con["total"].encode(), "session": ses["total"].encode()},
-        "criteria": rows, "criteria_source": criteria_source, "criteria_passed": criteria_ok,
-        "workers_dead": {h: r["workers_dead"] for h, r in agents_out.items() if r["workers_dead"]},
-        "stopped_by": stop,
-        "agents": {h: {k: r.get(k) for k in ("state", "why", "version", "start_skew_ms", "worker_skew_max_ms",
-                                             "attempted", "success_rate", "peak_active", "latency_p99_ms")}
-                   for h, r in agents_out.items()},
-        "distribution": {k: v for k, v in dist.items() if k != "rows"},
-        "pairs": pair_summary(run.path),  # routing latency per gateway node pair (cross-node pairing)
-        "figures": {},
-    }
-    summary["figures"] = headline_figures(summary)
-    summary["diagnostics"] = diag = diagnostics.run_checks(summary, series, nodes, host_info, agents_out, win)
-    text = io.StringIO()
-    print_summary(summary, out=text)
-    summary["analysis_seconds"] = round(time.perf_counter() - started, 3)
-    return {"summary": summary, "series": series, "window": win, "nodes": nodes, "gw_source": gw_source,
-            "distribution": dist, "hosts": host_info, "agents": agents_out, "diagnostics": diag,
-            "text_summary": text.getvalue(), "problems": run.problems, "plan": run.plan, "run": run.run}
+
+def _run_problems(run: RunData, ts: pd.DataFrame | None, agents_out: dict, bad_cells: int) -> list[str]:
+    """Why the run is not complete: generators not done, unreachable hosts, an early stop, damaged cells."""
+    problems = [f"agent {host}: {r['state']} ({r['why']})" for host, r in agents_out.items() if r["state"] != "done"]
+    for host, error in unreachable_hosts(run.run).items():
+        if host not in agents_out:
+            problems.append(f"host {host} unreachable ({error})")
+    if not run.agents:
+        problems.append("no agent output in agents/")
+    elif ts is None:
+        problems.append("no agent produced any timeseries rows")
+    if run.run.get("stopped_by"):
+        problems.append(f"run stopped early: {run.run['stopped_by']}")
+    if bad_cells:
+        problems.append(f"{bad_cells} damaged histogram cell(s) skipped")
+    return problems
 
 
 def headline_figures(s: dict) -> dict:

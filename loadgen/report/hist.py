@@ -1,6 +1,6 @@
 """Merged HDR histograms for the report: the agents' encoded cells as numpy count arrays.
 
-The agents encode every interval histogram with `loadgen.agent.histogram` (HdrHistogram V2, 1 us to
+The agents encode every interval histogram with `loadgen.results.histogram` (HdrHistogram V2, 1 us to
 24 h, 3 significant digits). A report merges hundreds of thousands of those cells; decoding each one
 into an `HdrHistogram` object costs ~100 us, so here a cell is decoded with the same C varint decoder
 hdrh uses (`pyhdrh.decode`) into a scratch numpy array and added to an accumulator: exact counts,
@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from pyhdrh import decode as _varint_decode  # the C decoder behind hdrh.codec
 
-from loadgen.agent import histogram as hdr
+from loadgen.results import histogram as hdr
 
 _EXT_HEADER = struct.Struct(">II")
 _PAYLOAD_HEADER = struct.Struct(">IIIIqqd")
@@ -75,7 +75,7 @@ class Hist:
         return int(lay.high[index] if percentile else lay.low[index])
 
     def percentiles_ms(self, points=(50, 95, 99)) -> dict:
-        """The same dict as loadgen.agent.histogram.percentiles_ms, from merged counts."""
+        """The same dict as loadgen.results.histogram.percentiles_ms, from merged counts."""
         lay = layout()
         total = self.total
         out: dict = {"count": total}
@@ -155,10 +155,3 @@ def _decoder() -> _Decoder:
 def decoder() -> _Decoder:
     return _decoder()
 
-
-def merge_cells(cells) -> Hist:
-    h = Hist()
-    dec = _decoder()
-    for cell in cells:
-        dec.add(h.counts, cell)
-    return h

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from loadgen.agent.interval import COLUMNS, HISTOGRAMS
+from loadgen.results.columns import COLUMNS, HISTOGRAMS
 from loadgen.errors import UsageError
 
 PROBE_TEXT_LIMIT = 200_000  # characters kept of one raw probe output

@@ -18,15 +18,6 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
 
 
-def record_us(hist: HdrHistogram, value_us: int) -> None:
-    """Record one duration, clamped into the trackable range (never dropped)."""
-    if value_us < LOWEST_US:
-        value_us = LOWEST_US
-    elif value_us > HIGHEST_US:
-        value_us = HIGHEST_US
-    hist.record_value(value_us)
-
-
 def encode(hist) -> str:
     """Compressed base64 text ('' for an empty histogram, to keep CSV rows small). Takes a Recorder too."""
     if isinstance(hist, Recorder):
@@ -114,12 +105,6 @@ def merge_encoded(into: HdrHistogram, encoded: str) -> None:
             into.add(other)
         finally:
             release(other)
-
-
-def decode(encoded: str) -> HdrHistogram:
-    hist = new_histogram()
-    merge_encoded(hist, encoded)
-    return hist
 
 
 def percentile_ms(hist: HdrHistogram, p: float) -> float | None:

@@ -1,0 +1,18 @@
+"""The CSV row schemas (docs/data-format.md): the agent writes these columns, the report reads them."""
+
+from __future__ import annotations
+
+FAIL_REASONS = ("refused", "timeout", "auth", "rejected", "reset", "no_ports", "fd_limit", "other")
+COUNTERS = (
+    "connects_ok", *(f"fail_{r}" for r in FAIL_REASONS),
+    "disconnects", "disc_by_gateway", "disc_lost", "closes",
+    "msgs_sent", "msgs_received", "msgs_acked", "msgs_errors", "msgs_send_failed", "msgs_skipped",
+    "bytes_sent", "bytes_received", "pings", "pongs",
+)
+HISTOGRAMS = ("latency_hdr", "connect_hdr", "session_hdr")
+# timeseries.csv: a row per second per worker
+COLUMNS = ("ts", "agent", "worker", "elapsed_s", "phase", "target", "active", "connecting",
+           "connects_failed", *COUNTERS, *HISTOGRAMS)
+# gateway_metrics.csv: a row per second per scraped /metrics URL
+GATEWAY_COLUMNS = ("ts", "url", "active_connections", "rss_bytes", "cpu_seconds", "open_fds", "max_fds",
+                   "messages_sent_total", "errors_total")

@@ -1,0 +1,36 @@
+"""The summary on stdout, in the spec's "Example Output" form with a criteria table (agent and report)."""
+
+from __future__ import annotations
+
+import sys
+
+from loadgen.plan.criteria import criterion_line
+
+
+def _fmt(v, unit="ms"):
+    return "n/a" if v is None else f"{v:.2f}{unit}"
+
+
+def print_summary(s: dict, out=sys.stdout) -> None:
+    title = f"{s['scenario'].capitalize()} Load Test Summary"
+    c, m, lat, con = s["connections"], s["messages"], s["latency_ms"], s["connect_ms"]
+    rate = lambda r: "n/a" if r is None else f"{r * 100:.2f}%"  # noqa: E731
+    lines = [title, "=" * len(title), "", "Connections:", f"  Total Attempts: {c['attempted']}",
+             f"  Success Rate: {rate(c['success_rate'])}", f"  Errors: {c['failed']}"
+             + (f"  ({', '.join(f'{k}={v}' for k, v in c['failed_by_reason'].items())})" if c["failed_by_reason"] else ""),
+             f"  Disconnects: {c['disconnects']}", "", "Connection Duration:",
+             f"  Min: {_fmt(con['min'])}", f"  Avg: {_fmt(con['mean'])}", f"  P95: {_fmt(con['p95'])}",
+             f"  Max: {_fmt(con['max'])}", "", "Messages:", f"  Sent: {m['sent']}", f"  Received: {m['received']}",
+             f"  Errors: {m['errors']}",
+             f"  Throughput: {_fmt(m['throughput_per_s'], '')} msg/sec",
+             "", "Message Latency (from scheduled send time):", f"  Min: {_fmt(lat['min'])}", f"  Avg: {_fmt(lat['mean'])}",
+             f"  P50: {_fmt(lat['p50'])}", f"  P95: {_fmt(lat['p95'])}", f"  P99: {_fmt(lat['p99'])}",
+             f"  Max: {_fmt(lat['max'])}", "", "Success Rate:", f"  Message Success: {rate(m['success_rate'])}", "",
+             "Criteria:"]
+    for r in s["criteria"]:
+        lines.append(f"  {criterion_line(r)}")
+    result = {"PASS": "PASSED", "FAIL": "FAILED", "PARTIAL": "PARTIAL"}[s["status"]]
+    if s["partial_reasons"]:
+        result += f" ({'; '.join(s['partial_reasons'])})"
+    lines += ["", f"Result: {result}"]
+    print("\n".join(lines), file=out)
