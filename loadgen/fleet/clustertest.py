@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shlex
-import sys
 import tarfile
 import tempfile
 import time
@@ -24,6 +23,7 @@ from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
 from loadgen.fleet.preflight import check_fleet, describe_clock
+from loadgen.fleet.shell import detached, loadgen_command, pack_outputs, status_and_liveness, terminate, wait_listening
 from loadgen.host import read_token_file
 from loadgen.plan.addresses import parse_local_ips
 from loadgen.plan.cluster import FleetPlan, new_run_id
@@ -57,26 +57,6 @@ class Options:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def loadgen_command(host: Host) -> str:
-    explicit = host.vars.get("loadgen_agent_bin")
-    if explicit:
-        return shlex.quote(explicit)
-    if host.vars.get("ansible_connection") == "local":
-        return f"{shlex.quote(sys.executable)} -m loadgen"
-    return "loadgen"
-
-
-def detached(wd: str, command: str, name: str, before: str = "true") -> str:
-    """Shell that starts `command` in its own session, surviving the SSH session, with NAME.pid = its PID.
-
-    The braces keep `$!` the PID of the program itself (no subshell in between), so it can be
-    stopped by PID later.
-    """
-    q = shlex.quote(wd)
-    return (f"cd {q} && {before} && {{ setsid nohup {command} > {name}.log 2>&1 < /dev/null & "
-            f"echo $! > {q}/{name}.pid; }}")
 
 
 def workdir(host: Host, run_id: str) -> str:
@@ -253,9 +233,7 @@ class ClusterTest:
                 raise LoadgenError(f"gateway on {name} did not start: {r.stderr.strip()[:200]}")
             v["_gateway_pidfile"] = f"{wd}/gateway.pid"
             self.heartbeat.add(name, f"{wd}/heartbeat")
-            wait = (f"for i in $(seq 100); do (exec 3<>/dev/tcp/{addr}/{port}) 2>/dev/null && exit 0; "
-                    f"kill -0 $(cat {wd}/gateway.pid) 2>/dev/null || break; sleep 0.1; done; tail -3 {wd}/gateway.log; exit 1")
-            r = host.run(wait, timeout=30)
+            r = host.run(wait_listening(addr, port, f"{wd}/gateway.pid", f"{wd}/gateway.log"), timeout=30)
             if not r.ok:
                 raise LoadgenError(f"gateway on {name} is not listening on {addr}:{port}: "
                                    f"{(r.stdout or r.stderr).strip().splitlines()[-1:] or ['no output']}")
@@ -270,8 +248,7 @@ class ClusterTest:
             if pidfile:
                 # SIGTERM: the gateway closes its sessions (server.shutdown_grace, 2 s by default) and
                 # leaves the cluster; KILL only if it has not exited in 15 s
-                host.run(f"P=$(cat {pidfile}) && kill -TERM $P; for i in $(seq 150); do kill -0 $P 2>/dev/null || exit 0; "
-                         f"sleep 0.1; done; kill -KILL $P", timeout=25)
+                host.run(terminate(pidfile, 15.0), timeout=25)
                 wd = os.path.dirname(pidfile)
                 os.makedirs(os.path.join(self.run_dir, "gateways", name), exist_ok=True)
                 try:
@@ -340,9 +317,7 @@ class ClusterTest:
 
     def poll(self) -> dict:
         def one(host: Host):
-            wd = shlex.quote(workdir(host, self.plan.run_id))
-            return host.run(f"cd {wd} && (cat out/status.json 2>/dev/null || echo '{{}}') && echo && "
-                            f"(kill -0 $(cat agent.pid) 2>/dev/null && echo ALIVE || echo GONE)", timeout=10)
+            return host.run(status_and_liveness(workdir(host, self.plan.run_id)), timeout=10)
 
         watching = {n: h for n, h in self._subset(self.agent_state).items()
                     if self.agent_state[n] not in ("done", "dead")}
@@ -399,17 +374,16 @@ class ClusterTest:
 
     def stop_agents(self, wait_s: float = 15.0) -> None:
         def one(host: Host):
-            wd = shlex.quote(workdir(host, self.plan.run_id))
-            return host.run(f"cd {wd} && P=$(cat agent.pid 2>/dev/null) && kill -TERM $P 2>/dev/null; "
-                            f"for i in $(seq {int(wait_s * 10)}); do kill -0 $P 2>/dev/null || exit 0; sleep 0.1; done; "
-                            f"kill -KILL $P 2>/dev/null; pkill -KILL -s $P 2>/dev/null; exit 0", timeout=wait_s + 10)
+            # the agent's forked workers share its session: none may go on loading the gateway
+            return host.run(terminate(f"{workdir(host, self.plan.run_id)}/agent.pid", wait_s, session=True),
+                            timeout=wait_s + 10)
 
         parallel(self._subset(self.agent_state), one)
 
     def collect(self) -> None:
         def one(host: Host):
             wd = workdir(host, self.plan.run_id)
-            r = host.run(f"cd {shlex.quote(wd)} && tar czf collect.tgz out agent.log 2>/dev/null; ls collect.tgz", timeout=120)
+            r = host.run(pack_outputs(wd), timeout=120)
             if not r.ok:
                 raise LoadgenError(r.stderr.strip()[:200] or "nothing to collect")
             dest = os.path.join(self.run_dir, "agents", host.name)

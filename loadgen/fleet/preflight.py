@@ -6,6 +6,7 @@ import time
 
 from loadgen.errors import UsageError
 from loadgen.fleet.hosts import parallel
+from loadgen.fleet.shell import loadgen_command
 
 # Spec tuning, checked live (reported; the kernel_tuning role applies it)
 SPEC_SYSCTLS = {
@@ -87,8 +88,6 @@ def check_fleet(ct) -> dict:
         return facts
 
     def version(host):
-        from loadgen.fleet.clustertest import loadgen_command
-
         return host.run(f"{loadgen_command(host)} --version", timeout=30)
 
     facts = parallel(ct.hosts, one)
