@@ -1,7 +1,7 @@
 """Errors that end a command with one line and a defined exit code (never a traceback)."""
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # something broke: unreachable gateway, dead workers, I/O error
+EXIT_FAILURE = 1  # something broke (unreachable gateway, dead workers, I/O error), or the run is PARTIAL
 EXIT_USAGE = 2  # bad input: options, files, inventory
 EXIT_CRITERIA = 99  # the run completed but a success criterion failed (as k6 does)
 
