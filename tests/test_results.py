@@ -75,5 +75,5 @@ def test_gateway_figures_from_an_agents_scrapes():
 
 def test_throughput_is_per_worker_hold_rate_summed():
     # worker A: warm-up second excluded; worker B: a single hold row counts as it is
-    assert throughput_per_s([[5, 10, 12], [7]], received=999, seconds=10) == 11.0 + 7.0
+    assert throughput_per_s([(5, 10 + 12, 2), (7, 0, 0)], received=999, seconds=10) == 11.0 + 7.0
     assert throughput_per_s([], received=90, seconds=30) == 3.0  # no hold: received over the rows' seconds

@@ -77,7 +77,7 @@ class Totals:
         self.latency = hdr.new_histogram()
         self.connect = hdr.new_histogram()
         self.session = hdr.new_histogram()
-        self.hold_received: dict[int, list[int]] = {}  # per worker, msgs_received of each hold row
+        self.hold: dict[int, list[int]] = {}  # per worker: received in its first hold row, in the later ones, their number
         self.hold_span: list[float] = []
         self.first_ts = None
         self.last_ts = None
@@ -91,7 +91,12 @@ class Totals:
         hdr.merge_encoded(self.session, row["session_hdr"])
         ts = row["ts"]
         if row["phase"] == "hold":
-            self.hold_received.setdefault(row["worker"], []).append(row["msgs_received"])
+            hold = self.hold.get(row["worker"])
+            if hold is None:
+                self.hold[row["worker"]] = [row["msgs_received"], 0, 0]
+            else:
+                hold[1] += row["msgs_received"]
+                hold[2] += 1
             self.hold_span = [min(self.hold_span[0], ts), max(self.hold_span[1], ts)] if self.hold_span else [ts, ts]
         self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
@@ -104,7 +109,7 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
     connections["peak_active"] = sum(totals.peak_active.values())
     seconds = totals.last_ts - totals.first_ts + 1 if totals.first_ts is not None else 0.0
     messages = figures.message_figures(
-        c, figures.throughput_per_s(totals.hold_received.values(), c["msgs_received"], seconds))
+        c, figures.throughput_per_s(totals.hold.values(), c["msgs_received"], seconds))
     connect = hdr.percentiles_ms(totals.connect)
     latency = hdr.percentiles_ms(totals.latency)
     session = hdr.percentiles_ms(totals.session)

@@ -383,7 +383,8 @@ def _throughput(ts: pd.DataFrame | None, counts: dict) -> tuple[float | None, in
     if ts is None or not counts["msgs_sent"]:
         return None, 0
     hold = ts[ts["phase"] == "hold"].sort_values("ts")
-    per_worker = [g["msgs_received"].tolist() for _, g in hold.groupby(["host", "worker"])]
+    per_worker = [(int(g.iloc[0]), int(g.iloc[1:].sum()), len(g) - 1)
+                  for _, g in hold.groupby(["host", "worker"])["msgs_received"]]
     seconds = float(ts["ts"].max() - ts["ts"].min()) + 1
     return figures.throughput_per_s(per_worker, counts["msgs_received"], seconds), len(per_worker)
 

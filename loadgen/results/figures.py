@@ -19,10 +19,11 @@ def connection_figures(counts: dict) -> dict:
             "disconnects": counts["disconnects"]}
 
 
-def throughput_per_s(hold_received_by_worker, received: int, seconds: float) -> float:
+def throughput_per_s(hold_by_worker, received: int, seconds: float) -> float:
     """Messages received per hold second: per worker, the mean of its hold rows (its first hold second, the
-    warm-up, excluded when it has more), summed over workers; without a hold, received / seconds of rows."""
-    rates = [sum(r[1:]) / len(r[1:]) if len(r) > 1 else float(r[0]) for r in hold_received_by_worker if len(r)]
+    warm-up, excluded when it has more), summed over workers; without a hold, received / seconds of rows.
+    hold_by_worker: per worker, (msgs_received of its first hold row, of its later hold rows, their number)."""
+    rates = [later / n if n else float(first) for first, later, n in hold_by_worker]
     if rates:
         return float(sum(rates))
     return received / max(1.0, seconds)
