@@ -231,6 +231,7 @@ def quiesce_worker(quiesce_s: float, mode: str = "peer", n: int = 8):
     from types import SimpleNamespace
 
     from loadgen.agent import worker as wk
+    from loadgen.agent.slots import OPEN
     from loadgen.plan.stages import Profile, Stage
 
     plan = SimpleNamespace(profile=Profile([Stage(10, n)]), workers=1, agent_id="t", endpoints=[("127.0.0.1", 1)],
@@ -241,10 +242,10 @@ def quiesce_worker(quiesce_s: float, mode: str = "peer", n: int = 8):
     for slot in range(n):
         conn = wk.Conn(w, slot)
         conn.transport = FakeTransport()
-        w.conns[slot], w.state[slot] = conn, wk.OPEN
-        w.active += 1
+        w.slots.conns[slot], w.slots.state[slot] = conn, OPEN
+        w.slots.active += 1
         w.sends.add(slot, 0)
-    w.high = n
+    w.slots.high = n
     return w
 
 
@@ -253,6 +254,7 @@ def test_ramp_down_quiesces_the_pair_until_nothing_is_in_flight_then_closes_exac
 
     from loadgen.agent import frames
     from loadgen.agent import worker as wk
+    from loadgen.agent.slots import IDLE
 
     async def go():
         w = quiesce_worker(60.0)  # the quiet periods end on counts here, never on the 60 s bound
@@ -263,42 +265,42 @@ def test_ramp_down_quiesces_the_pair_until_nothing_is_in_flight_then_closes_exac
         w.on_text(b'{"type":"ack","id":6}', 5)
         assert w.pending_in[4] == 0 and w.pending_out[5] == 0 and w.pending_in[5] == 1
         w.adjust(5, 2_000_000_000)  # ramp-down of 3: the newest slots 7, 6, 5 quiesce; no close frame yet
-        assert set(w.quiescing) == {5, 6, 7} and w.closing == 3 and w.held() == 5
-        assert not any(w.conns[s].transport.closes for s in range(8))
+        assert set(w.slots.quiescing) == {5, 6, 7} and w.slots.closing == 3 and w.slots.held() == 5
+        assert not any(w.slots.conns[s].transport.closes for s in range(8))
         w.adjust(5, 2_000_000_000)  # quiescing slots are not held: nothing more to close or open
-        assert set(w.quiescing) == {5, 6, 7} and w.connecting == 0 and w.held() == 5
+        assert set(w.slots.quiescing) == {5, 6, 7} and w.slots.connecting == 0 and w.slots.held() == 5
         for s in range(8):
-            w.conns[s].transport.texts.clear()
+            w.slots.conns[s].transport.texts.clear()
         w.fire_sends(3_000_000_000)  # every slot is due
-        sent = {s for s in range(8) if w.conns[s].transport.texts}
+        sent = {s for s in range(8) if w.slots.conns[s].transport.texts}
         assert sent == {0, 1, 2, 3}  # 5-7 quiesce; 4 does not send to its quiescing partner 5
         assert w.iv.msgs_skipped >= 1
         w.end_quiet_periods(3_000_000_000)  # 4's message to 5 and 6's, 7's are still in flight: no close
-        assert set(w.quiescing) == {5, 6, 7}
+        assert set(w.slots.quiescing) == {5, 6, 7}
         # 4's message to 5 arrives: 5 has nothing in flight any more and closes, with no time bound reached
         w.on_text(b'{"type":"msg","from":"t-0-4","id":5,"ts":1,"body":""}', 5)
         w.end_quiet_periods(3_000_000_000)
-        assert set(w.quiescing) == {6, 7} and w.conns[5].planned
-        assert w.conns[5].transport.closes == [wk.WSCloseCode.OK]
+        assert set(w.slots.quiescing) == {6, 7} and w.slots.conns[5].planned
+        assert w.slots.conns[5].transport.closes == [wk.WSCloseCode.OK]
         # the gateway drops slot 6 during its quiet period: a drop, but the slot was leaving (IDLE, not DOWN)
-        conn6 = w.conns[6]
+        conn6 = w.slots.conns[6]
         conn6.closed_by_gateway = True
         w.on_disconnected(conn6)
-        assert w.iv.disconnects == 1 and w.iv.disc_by_gateway == 1 and not w.down
-        assert w.state[6] == wk.IDLE and w.closing == 2 and w.held() == 5 and set(w.quiescing) == {7}
+        assert w.iv.disconnects == 1 and w.iv.disc_by_gateway == 1 and not w.slots.down
+        assert w.slots.state[6] == IDLE and w.slots.closing == 2 and w.slots.held() == 5 and set(w.slots.quiescing) == {7}
         assert w.pending_in[6] == 0 and w.pending_out[6] == 0  # what was in flight ended with the session
         # 7's own message is refused (error frame to 7): that is an answer for 7 and settles 6's inbound count
         w.on_text(b'{"type":"error","code":"unknown_recipient","detail":"x","id":8}', 7)
         assert w.pending_out[7] == 0 and w.pending_in[7] == 1  # 6's message to 7 is still on its way
         w.end_quiet_periods(3_000_000_000)
-        assert set(w.quiescing) == {7} and not conn6.transport.closes
+        assert set(w.slots.quiescing) == {7} and not conn6.transport.closes
         w.end_quiet_periods(3_000_000_000 + 60_000_000_000)  # the bound: closed with 1 message still in flight
-        assert not w.quiescing and w.conns[7].planned and w.closing == 2 and w.held() == 5
+        assert not w.slots.quiescing and w.slots.conns[7].planned and w.slots.closing == 2 and w.slots.held() == 5
         for s in (5, 7):  # the gateway's close replies
-            w.on_disconnected(w.conns[s])
-        assert w.iv.closes == 2 and w.closing == 0 and w.active == 5 and w.held() == 5
+            w.on_disconnected(w.slots.conns[s])
+        assert w.iv.closes == 2 and w.slots.closing == 0 and w.slots.active == 5 and w.slots.held() == 5
         w.adjust(5, 0)
-        assert w.connecting == 0 and not w.quiescing
+        assert w.slots.connecting == 0 and not w.slots.quiescing
         assert frames.classify(b'{"type":"error","code":"x"}')[0] == frames.ERROR
 
     asyncio.run(go())
@@ -310,13 +312,13 @@ def test_a_slot_with_nothing_in_flight_closes_at_once_and_no_quiet_period_with_0
     async def go():
         for w in (quiesce_worker(60.0), quiesce_worker(0.0), quiesce_worker(1.0, mode="echo")):
             w.adjust(5, 0)  # nothing was sent: nothing to wait for
-            assert not w.quiescing and w.closing == 3
-            assert [s for s in range(8) if w.conns[s].transport.closes] == [5, 6, 7]
+            assert not w.slots.quiescing and w.slots.closing == 3
+            assert [s for s in range(8) if w.slots.conns[s].transport.closes] == [5, 6, 7]
         w = quiesce_worker(0.0)
         w.fire_sends(1_000_000_000)
         assert w.pending_in is None  # --close-quiesce 0: no accounting at all
         w.adjust(5, 0)
-        assert not w.quiescing and [s for s in range(8) if w.conns[s].transport.closes] == [5, 6, 7]
+        assert not w.slots.quiescing and [s for s in range(8) if w.slots.conns[s].transport.closes] == [5, 6, 7]
 
     asyncio.run(go())
 

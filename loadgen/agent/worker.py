@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from array import array
 import gc
-import heapq
 import logging
 import os
 import random
@@ -29,8 +27,8 @@ from loadgen.results import histogram as hdr
 from loadgen.agent.interval import Interval
 from loadgen.agent.pairs import PairLatency, node_index
 from loadgen.agent.schedule import OpenSchedule
+from loadgen.agent.slots import OPEN, Slots
 
-IDLE, CONNECTING, OPEN, DOWN = 0, 1, 2, 3
 TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
 # Per-connection memory (bench/README.md): picows' smallest read buffer (it grows by itself for bigger
 # frames), no aiofastnet (+5 KB per connection) except in closed loop (few connections, ~10 % less CPU per
@@ -68,16 +66,7 @@ def source_socket(ip: str):
 
     return factory
 TICK_NS = 50_000_000  # control loop granularity; sends use their own scheduled times regardless
-BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 CLOSE_WAIT_S = 2.0  # a planned close waits this long for the gateway's close reply
-
-
-NEVER_NS = 1 << 62  # retry time of a slot that is not to reconnect (--reconnect none)
-
-
-def backoff_s(failures: int, rng: random.Random, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> float:
-    """Full-jitter exponential backoff, so a dropped gateway is not hit by a synchronized storm."""
-    return rng.uniform(0, min(cap_s, base_s * (2 ** min(failures, 16))))
 
 
 def classify_connect_error(exc: BaseException) -> str:
@@ -243,28 +232,12 @@ class Worker:
             if self.closed_loop and echoloop is not None else None
         self.conn_class = (FastLoopConn if self.echo_stats is not None else LoopConn) if self.closed_loop else Conn
         self.headers = {"Authorization": f"Bearer {plan.token}"}
-        self.state = bytearray(n)
-        self.conns: list[Conn | None] = [None] * n
-        self.failures = bytearray(n)
-        self.retry_at = [0] * n  # monotonic ns before which a DOWN slot is not retried
-        self.idle: list[int] = []  # heap of IDLE slots below high-water mark
-        self.high = 0
-        self.down: set[int] = set()
-        self.active = 0
-        self.closing = 0  # planned closes: quiescing, or waiting for the gateway's close reply
-        # Peer mode: a planned close first quiesces the pair (neither sends to the other) until nothing is in
-        # flight to or from the closing user - every message to it received or refused, every message from it
-        # acked or refused - or for at most this long. A message still in a gateway cluster's Kafka when the
-        # close frame went out would be neither received nor refused: lost to the agent's accounting.
-        self.quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) \
-            if plan.mode == "peer" and not self.closed_loop else 0
-        # slot -> (its connection, monotonic ns when the quiet period ends at the latest)
-        self.quiescing: dict[int, tuple[Conn, int]] = {}
-        # per slot, peer mode: messages to it not yet received or refused (the sender's error frame), and
-        # messages from it not yet acked or refused; 8 bytes per slot
-        self.pending_in = array("I", bytes(4 * n)) if self.quiesce_ns else None
-        self.pending_out = array("I", bytes(4 * n)) if self.quiesce_ns else None
-        self.connecting = 0
+        # peer mode quiesces a closing pair (loadgen.agent.slots); the echo modes have no partner to wait for
+        quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) if plan.mode == "peer" and not self.closed_loop else 0
+        self.slots = Slots(n, self.rng, quiesce_ns=quiesce_ns, reconnect=plan.reconnect,
+                           backoff_base_s=plan.backoff_base_s, backoff_cap_s=plan.backoff_cap_s)
+        # the receive path's in-flight counts: the slots' arrays themselves, bound once (no lookup per message)
+        self.pending_in, self.pending_out = self.slots.pending_in, self.slots.pending_out
         self.body = frames.make_body(plan.message_size)
         self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
         # Heartbeats: a cursor sweeps the slots once per heartbeat period, so a connection costs no
@@ -321,58 +294,28 @@ class Worker:
             if pending_out is not None and slot >= 0:  # a refused send: to the partner, not received
                 if pending_out[slot]:
                     pending_out[slot] -= 1
-                peer = self.peer_of(slot)
+                peer = self.slots.peer_of(slot)
                 if pending_in[peer]:
                     pending_in[peer] -= 1
         return kind
 
-    def peer_of(self, slot: int) -> int:
-        """Peer mode: slot s and s^1 message each other (an odd last slot messages itself)."""
-        peer = slot ^ 1
-        return peer if peer < self.n else slot
-
     def on_disconnected(self, conn: Conn) -> None:
-        slot = conn.slot
-        if self.conns[slot] is not conn or self.state[slot] != OPEN:
-            return
         now = time.monotonic_ns()
-        self.conns[slot] = None
-        self.active -= 1
-        self.iv.session.record((now - conn.established_ns) // 1000)
-        quiescing = self.quiescing.pop(slot, None) is not None
-        if self.pending_in is not None:  # what was in flight to or from this session ends with it
-            self.pending_in[slot] = self.pending_out[slot] = 0
-        if conn.planned:
-            self.closing -= 1
-            self.iv.closes += 1
-            self.state[slot] = IDLE
-            self.sends.remove(slot)
-            heapq.heappush(self.idle, slot)
+        outcome = self.slots.ended(conn.slot, conn, now)
+        if outcome is None:  # not the slot's current connection (already accounted for)
+            return
+        iv = self.iv
+        iv.session.record((now - conn.established_ns) // 1000)
+        if outcome == "closed":
+            iv.closes += 1
         else:  # the gateway or the network dropped it: sends keep coming due and count as failed
-            self.iv.disconnects += 1
+            iv.disconnects += 1
             if conn.closed_by_gateway:
-                self.iv.disc_by_gateway += 1
+                iv.disc_by_gateway += 1
             else:
-                self.iv.disc_lost += 1
-            if quiescing:  # dropped in its quiet period: counted as a drop, but it was leaving anyway
-                self.closing -= 1
-                self.state[slot] = IDLE
-                self.sends.remove(slot)
-                heapq.heappush(self.idle, slot)
-            else:
-                self._mark_down(slot, now)
-
-    def _mark_down(self, slot: int, now_ns: int) -> None:
-        """A dropped or failed slot waits out its jittered backoff (or for good, with --reconnect none)."""
-        self.state[slot] = DOWN
-        self.failures[slot] = min(self.failures[slot] + 1, 255)
-        plan = self.plan
-        if plan.reconnect == "none":
-            self.retry_at[slot] = NEVER_NS
-        else:
-            self.retry_at[slot] = now_ns + int(backoff_s(self.failures[slot], self.rng, plan.backoff_base_s,
-                                                         plan.backoff_cap_s) * 1e9)
-        self.down.add(slot)
+                iv.disc_lost += 1
+        if outcome != "dropped":  # closed, or dropped in its quiet period (it was leaving anyway): IDLE
+            self.sends.remove(conn.slot)
 
     # --- connection management ---------------------------------------------------------------------
     async def _open(self, slot: int) -> None:
@@ -387,21 +330,16 @@ class Worker:
                     socket_factory=source_socket(ip) if ip else None, logger_name=PICOWS_LOG,
                     read_buffer_init_size=READ_BUFFER_INIT, use_aiofastnet=self.closed_loop and HAS_AIOFASTNET)
         except Exception as exc:  # every failure is a measured outcome, never a crash
-            self.connecting -= 1
             self.iv.fail(classify_connect_error(exc))
-            self._mark_down(slot, time.monotonic_ns())
+            self.slots.open_failed(slot, time.monotonic_ns())
             return
         now = time.monotonic_ns()
-        self.connecting -= 1
         if transport.is_disconnected:
             self.iv.fail("reset")
-            self._mark_down(slot, now)
+            self.slots.open_failed(slot, now)
             return
         conn.established_ns = now
-        self.conns[slot] = conn
-        self.state[slot] = OPEN
-        self.failures[slot] = 0
-        self.active += 1
+        self.slots.opened(slot, conn)
         self.iv.connects_ok += 1
         self.iv.connect.record((now - start) // 1000)
         if self.closed_loop:
@@ -416,26 +354,13 @@ class Worker:
         """Planned close. Peer mode: first the quiet period - the slot stops sending and its partner stops
         sending to it (fire_sends) until nothing is in flight to or from it (end_quiet_periods), at most
         --close-quiesce; then the close handshake: messages already on their way arrive before the
-        gateway's close reply. A quiescing slot counts in `closing` (not held)."""
-        conn = self.conns[slot]
-        if conn is None or conn.transport is None or conn.planned or slot in self.quiescing:
-            return
-        self.closing += 1
-        if self.quiesce_ns and (self.pending_in[slot] or self.pending_out[slot]):
-            self.quiescing[slot] = (conn, now_ns + self.quiesce_ns)
-        else:
+        gateway's close reply."""
+        conn = self.slots.conns[slot]
+        if conn is not None and conn.transport is not None and self.slots.begin_close(slot, now_ns):
             self._send_close(conn)
 
     def end_quiet_periods(self, now_ns: int) -> None:
-        """Close the quiescing slots whose messages have all arrived or been answered, or whose time is up.
-        A message still in flight then is the agent's `lost` (sent - received - errors)."""
-        if not self.quiescing:
-            return
-        pending_in, pending_out = self.pending_in, self.pending_out
-        done = [slot for slot, (_, until) in self.quiescing.items()
-                if now_ns >= until or not (pending_in[slot] or pending_out[slot])]
-        for slot in done:
-            conn, _ = self.quiescing.pop(slot)
+        for conn in self.slots.quiet_periods_over(now_ns):
             self._send_close(conn)
 
     def _send_close(self, conn: Conn) -> None:
@@ -443,56 +368,24 @@ class Worker:
         conn.transport.send_close(WSCloseCode.OK)
         asyncio.get_running_loop().call_later(CLOSE_WAIT_S, conn.transport.disconnect)
 
-    def held(self) -> int:
-        """Connections that count toward the target: open (not closing or quiescing), connecting, or waiting
-        to reconnect."""
-        return self.active - self.closing + self.connecting + len(self.down)
-
     def adjust(self, target: int, now_ns: int) -> None:
-        busy = self.held()
+        """Keep the held connections on the target: open slots (each its own task), give up or close others."""
+        slots = self.slots
         loop = asyncio.get_running_loop()
-        if busy < target or self.down:
-            budget = self.plan.max_connecting - self.connecting
-            # reconnect dropped slots first (after their backoff), then open new ones, lowest first
-            for slot in [s for s in self.down if self.retry_at[s] <= now_ns][:max(budget, 0)]:
-                self.down.discard(slot)
-                self.state[slot] = CONNECTING
-                self.connecting += 1
-                budget -= 1
-                loop.create_task(self._open(slot))
-            want = min(target - self.held(), budget)
-            for _ in range(max(want, 0)):
-                if self.idle:
-                    slot = heapq.heappop(self.idle)
-                elif self.high < self.n:
-                    slot = self.high
-                    self.high += 1
-                else:
-                    break
-                self.state[slot] = CONNECTING
-                self.connecting += 1
-                loop.create_task(self._open(slot))
-        excess = self.held() - target
-        if excess > 0:
-            # planned closes are LIFO (newest slot first); down slots are simply given up
-            for slot in sorted(self.down, reverse=True)[:excess]:
-                self.down.discard(slot)
-                self.state[slot] = IDLE
-                self.sends.remove(slot)
-                heapq.heappush(self.idle, slot)
-                excess -= 1
-            slot = self.high - 1
-            while excess > 0 and slot >= 0:
-                if self.state[slot] == OPEN and not self.conns[slot].planned and slot not in self.quiescing:
-                    self._close(slot, now_ns)
-                    excess -= 1
-                slot -= 1
+        for slot in slots.to_open(target, now_ns, self.plan.max_connecting):
+            loop.create_task(self._open(slot))
+        given_up, closes = slots.to_close(target)
+        for slot in given_up:
+            self.sends.remove(slot)
+        for slot in closes:
+            self._close(slot, now_ns)
 
     # --- send path ---------------------------------------------------------------------------------
     def fire_sends(self, now_ns: int) -> None:
-        iv, state, conns, body = self.iv, self.state, self.conns, self.body
+        slots = self.slots
+        iv, state, conns, body, peer_of = self.iv, slots.state, slots.conns, self.body, slots.peer_of
         peer_mode = self.plan.mode == "peer"
-        quiescing, pending_in, pending_out = self.quiescing, self.pending_in, self.pending_out
+        quiescing, pending_in, pending_out = slots.quiescing, self.pending_in, self.pending_out
         for slot, scheduled in self.sends.due(now_ns):
             if state[slot] != OPEN:
                 iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
@@ -501,7 +394,7 @@ class Worker:
                 continue  # closing as planned: its schedule ends here
             self.seq += 1
             if peer_mode:
-                peer = self.peer_of(slot)
+                peer = peer_of(slot)
                 if state[peer] != OPEN or conns[peer].planned or peer in quiescing:
                     iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
                     continue
@@ -518,7 +411,7 @@ class Worker:
         self.fire_beats(now_ns)
 
     def fire_beats(self, now_ns: int) -> None:
-        high, last = self.high, self.beat_last_ns
+        high, last = self.slots.high, self.beat_last_ns
         self.beat_last_ns = now_ns
         if not high or not last:
             return
@@ -526,7 +419,7 @@ class Worker:
         start = int(self.beat_pos)
         self.beat_pos += min(step, high)
         end = int(self.beat_pos)
-        state, conns, iv = self.state, self.conns, self.iv
+        state, conns, iv = self.slots.state, self.slots.conns, self.iv
         for i in range(start, end):
             slot = i % high
             if state[slot] == OPEN and not conns[slot].planned:
@@ -552,7 +445,7 @@ class Worker:
         elapsed = (time.monotonic_ns() - t0_ns) / 1e9
         row = self.iv.row(ts=round(now, 3), agent=self.plan.agent_id, worker=self.index,
                           elapsed_s=round(elapsed, 3), phase=phase, target=target,
-                          active=self.active, connecting=self.connecting)
+                          active=self.slots.active, connecting=self.slots.connecting)
         self.iv.reset()
         self.emit(("row", row))
         if self.pairs is not None:
@@ -614,28 +507,23 @@ class Worker:
             self.echo_stats.sending = False
         self.sends = OpenSchedule(0)
         deadline = time.monotonic_ns() + int(self.plan.drain_s * 1e9)
-        while self.in_flight() and time.monotonic_ns() < deadline and self.active:
+        while self.in_flight() and time.monotonic_ns() < deadline and self.slots.active:
             await asyncio.sleep(0.02)
             if time.monotonic_ns() >= next_flush:
                 self.flush(t0, "drain", 0)
                 next_flush += 1_000_000_000
         self.stopping = True
         now = time.monotonic_ns()
-        for slot in range(self.high):  # slots with messages still in flight quiesce first
-            if self.state[slot] == OPEN:
+        slots = self.slots
+        for slot in range(slots.high):  # slots with messages still in flight quiesce first
+            if slots.state[slot] == OPEN:
                 self._close(slot, now)
-        close_deadline = now + self.quiesce_ns + 2_000_000_000  # quiet periods under way too
-        while (self.active or self.connecting) and time.monotonic_ns() < close_deadline:
+        close_deadline = now + slots.quiesce_ns + 2_000_000_000  # quiet periods under way too
+        while (slots.active or slots.connecting) and time.monotonic_ns() < close_deadline:
             await asyncio.sleep(0.02)
             self.end_quiet_periods(time.monotonic_ns())
-        for slot in range(self.high):  # sessions of connections that did not close in time
-            conn = self.conns[slot]
-            if self.state[slot] == OPEN and conn is not None:
-                if not conn.planned:
-                    conn.planned = True
-                    if self.quiescing.pop(slot, None) is None:  # a quiescing one is in `closing` already
-                        self.closing += 1
-                self.on_disconnected(conn)
+        for conn in slots.close_unanswered():  # sessions of connections that did not close in time
+            self.on_disconnected(conn)
         self.flush(t0, "drain", 0)
         self.emit(("done", self.index))
 
