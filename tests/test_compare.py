@@ -1,4 +1,4 @@
-"""`fab compare` on recorded real runs (tests/fixtures/compare/README.md): two runs of one plan do not regress;
+"""`fab compare` on recorded real runs (tests/data/compare/README.md): two runs of one plan do not regress;
 the same plan against a gateway slowed by a real 2 ms per send (testing.delivery_delay) does."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from loadgen.report import compare_runs
 from loadgen.report.compare import MIN_INTERVALS, rank_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(ROOT, "tests", "fixtures", "compare")
+FIXTURES = os.path.join(ROOT, "tests", "data", "compare")
 FAB = os.path.join(ROOT, ".venv", "bin", "fab")
 
 

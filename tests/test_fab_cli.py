@@ -10,7 +10,7 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAB = os.path.join(ROOT, ".venv", "bin", "fab")
-RUN = os.path.join(ROOT, "tests", "fixtures", "compare", "same-plan-1")  # a recorded real run
+RUN = os.path.join(ROOT, "tests", "data", "compare", "same-plan-1")  # a recorded real run
 OPTION = re.compile(r"^  (-(?P<short>[a-z]) STRING, )?--(?P<long>[a-z][a-z-]*)(?P<value>=STRING|=INT)?  +\S")
 
 

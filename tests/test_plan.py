@@ -13,7 +13,7 @@ from loadgen.plan.options import plan_from_args
 from loadgen.plan.runplan import SCHEMA, RunPlan
 from loadgen.plan.stages import Stage
 
-RECORDED_PLAN = os.path.join(os.path.dirname(__file__), "data", "run-recorded-on-main", "plan.json")
+RECORDED_PLAN = os.path.join(os.path.dirname(__file__), "data", "run-200-cluster", "plan.json")
 
 
 def flags(*argv, env=None) -> RunPlan:
@@ -87,7 +87,7 @@ def test_fleet_plan_round_trips_and_reads_a_plan_json_written_before_it_had_a_sc
     old = json.load(open(RECORDED_PLAN))
     assert "schema" not in old
     back = FleetPlan.from_dict(old)
-    assert [str(s) for s in back.stages] == old["stages"] and back.offered_msgs_per_s == 80.0
+    assert [str(s) for s in back.stages] == old["stages"] and back.offered_msgs_per_s == 200.0
     assert {g: [str(s) for s in back.share(g)] for g in back.generators} == old["shares"]
 
 
