@@ -24,7 +24,7 @@ from loadgen.agent import frames, worker
 from loadgen.results import histogram as hdr
 from loadgen.agent.interval import Interval
 from loadgen.gateway import protocol
-from loadgen.gateway.server import canonical_echo_reply
+from loadgen.gateway.session import canonical_echo_reply
 
 
 # --- Recorder: counts with HdrHistogram's index math, emits the standard encoding ----------------------

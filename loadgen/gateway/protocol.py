@@ -14,6 +14,11 @@ from dataclasses import dataclass
 USER_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 COMMANDS = ("send", "echo", "ping")
+# An echo frame in canonical form (integers without leading zeros, a body of printable ASCII that needs
+# no JSON escaping, no extra whitespace or keys): echo_frame(parse_client_frame(x)) == x, so the reply is
+# the request itself (session.canonical_echo_reply). Anything else takes the full parse.
+CANONICAL_ECHO = re.compile(
+    rb'\{"type":"echo","id":(?:0|-?[1-9][0-9]{0,17}),"ts":(?:0|-?[1-9][0-9]{0,17}),"body":"[\x20\x21\x23-\x5b\x5d-\x7e]*"\}')
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -18,9 +17,9 @@ from picows import (WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRe
 from loadgen import deadman
 from loadgen.gateway import protocol
 from loadgen.gateway.config import GatewayConfig
-from loadgen.gateway.guard import AbuseGuard
 from loadgen.gateway.metrics import GatewayMetrics
 from loadgen.gateway.registry import LocalRouter, Router
+from loadgen.gateway.session import CONTINUE, DISCONNECT, SessionLogic
 
 log = logging.getLogger("loadgen.gateway")
 CLOSE_REPLACED = 4000  # application close code: a newer connection of the same user took over
@@ -29,20 +28,6 @@ SHUTDOWN_REASON = b"gateway shutting down"  # with close code 1001 (GOING_AWAY) 
 # One logger adapter shared by every connection: handed a logging.Logger, picows makes a child Logger per
 # connection (~1 KB each, never freed before the connection).
 PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
-
-# An echo frame in canonical form (integers without leading zeros, a body of printable ASCII that needs
-# no JSON escaping, no extra whitespace or keys): protocol.echo_frame(parse_client_frame(x)) == x, so the
-# reply is the request itself. Anything else takes the full parse.
-_CANONICAL_ECHO = re.compile(
-    rb'\{"type":"echo","id":(?:0|-?[1-9][0-9]{0,17}),"ts":(?:0|-?[1-9][0-9]{0,17}),"body":"[\x20\x21\x23-\x5b\x5d-\x7e]*"\}')
-
-
-def canonical_echo_reply(payload: bytes) -> bytes | None:
-    """The echo reply without a JSON round trip when the frame is canonical, else None."""
-    if payload.startswith(b'{"type":"echo","id":') and _CANONICAL_ECHO.fullmatch(payload):
-        return payload
-    return None
-
 
 class Gateway:
     def __init__(self, config: GatewayConfig, token: str, node_id: str, router: Router | None = None) -> None:
@@ -99,14 +84,12 @@ class Gateway:
         half = self.config.read_timeout_s / 2
         for session in list(self.sessions):
             transport = session.transport
-            if transport is None or transport.is_disconnected or session.closing:
+            if transport is None or transport.is_disconnected:
                 continue
-            if session.ping_at:
-                if now - session.ping_at > half:
-                    session.closing = "read_timeout"
-                    transport.disconnect()
-            elif now - session.last_rx > half:
-                session.ping_at = now
+            action = session.idle_check(now, half)
+            if action == "drop":
+                transport.disconnect()
+            elif action == "ping":
                 transport.send_ping()
 
     async def shutdown(self, grace_s: float, cut: asyncio.Event) -> tuple[int, int]:
@@ -134,19 +117,15 @@ class Gateway:
         return len(closing), len(left)
 
 
-class GatewaySession(WSListener):
+class GatewaySession(SessionLogic, WSListener):
+    """picows' listener for one client: the I/O around SessionLogic (loadgen/gateway/session.py)."""
+
     __slots__ = ("gw", "user", "transport", "guard", "closing", "last_rx", "ping_at")
 
     def __init__(self, gw: Gateway, user: str) -> None:
         super().__init__()
-        self.gw = gw
-        self.user = user
         self.transport: WSTransport | None = None
-        cfg = gw.config
-        self.guard = AbuseGuard(cfg.max_frames_per_s, cfg.flood_burst, cfg.max_bad_frames_per_min)
-        self.closing = None
-        self.last_rx = time.monotonic()  # last frame from the peer (half-open check)
-        self.ping_at = 0.0  # when the half-open check pinged, 0: no ping outstanding
+        self.init_state(gw, user, time.monotonic())
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -171,7 +150,15 @@ class GatewaySession(WSListener):
         if self.gw.drained is not None and not self.gw.sessions:
             self.gw.drained.set()
 
-    # Session protocol used by the router
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        action = self.take_frame(frame, time.monotonic())
+        if action == CONTINUE:
+            return
+        if action != DISCONNECT:  # REPLY_CLOSE: the client closes
+            transport.send_close(WSCloseCode.OK)
+        transport.disconnect()
+
+    # --- the effects SessionLogic asks for; push is also the Session protocol the router uses ------
     def push(self, frame: bytes) -> bool:
         """Write a frame to the client; False when it was dropped because the session is on its way out."""
         # nothing after our close frame (RFC 6455 5.5.1): a delivery racing a close is dropped
@@ -180,12 +167,30 @@ class GatewaySession(WSListener):
             return True
         return False
 
-    def going_away(self) -> None:
-        """Graceful stop: close frame 1001; the peer's close reply ends the session (on_ws_frame), and
-        Gateway.shutdown cuts it after the grace otherwise."""
-        if self.closing:  # already on its way out (abuse, replaced, half-open): its own cut applies
+    def later(self, delay_s: float, fn, *args) -> None:
+        asyncio.get_running_loop().call_later(delay_s, fn, *args)
+
+    def abort(self, reason: str, code, count: bool = True) -> None:
+        """Close only this offender: count why, say why in the close frame, drop the socket."""
+        if not self.begin_close(reason):
             return
-        self.closing = "shutdown"
+        if count:
+            self.gw.metrics.count(self.gw.metrics.errors, reason)
+        transport = self.transport
+        if transport is not None and not transport.is_disconnected:
+            try:
+                transport.send_close(code, reason.encode())
+            except Exception:  # the socket may already be gone; closing is all that matters
+                pass
+            # Let the close frame reach the peer before the socket goes (an immediate close with unread
+            # input sends RST and the peer never learns why); a peer that never answers is cut anyway.
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect)
+
+    def going_away(self) -> None:
+        """Graceful stop: close frame 1001; the peer's close reply ends the session (take_frame), and
+        Gateway.shutdown cuts it after the grace otherwise."""
+        if not self.begin_close("shutdown"):  # already on its way out (abuse, replaced, half-open)
+            return
         transport = self.transport
         if transport is not None and not transport.is_disconnected:
             try:
@@ -202,109 +207,6 @@ class GatewaySession(WSListener):
 
     def resume_writing(self) -> None:
         self.gw.paused.pop(self, None)
-
-    def abort(self, reason: str, code, count: bool = True) -> None:
-        """Close only this offender: count why, say why in the close frame, drop the socket."""
-        if self.closing:
-            return
-        self.closing = reason
-        if count:
-            self.gw.metrics.count(self.gw.metrics.errors, reason)
-        transport = self.transport
-        if transport is not None and not transport.is_disconnected:
-            try:
-                transport.send_close(code, reason.encode())
-            except Exception:  # the socket may already be gone; closing is all that matters
-                pass
-            # Let the close frame reach the peer before the socket goes (an immediate close with unread
-            # input sends RST and the peer never learns why); a peer that never answers is cut anyway.
-            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect)
-
-    def _error(self, kind: str, detail: str, msg_id=None, bad_frame: bool = True) -> None:
-        """An error frame to the client, counted by kind; a bad frame also counts toward the abuse limit.
-        bad_frame=False: a well-formed send whose recipient is not connected - normal in IM (the user just went
-        offline, or a cluster's registry is slow), never a reason to cut the sender off."""
-        m = self.gw.metrics
-        m.count(m.errors, kind)
-        self.push(protocol.error_frame(kind, detail, msg_id))
-        if bad_frame and not self.guard.bad_frame(time.monotonic()):
-            self.abort("abuse_bad_frames", WSCloseCode.POLICY_VIOLATION)
-
-    def on_ws_frame(self, transport: WSTransport, frame) -> None:
-        if self.closing:  # only the peer's close reply matters now
-            if frame.msg_type == WSMsgType.CLOSE:
-                transport.disconnect()
-            return
-        kind = frame.msg_type
-        if kind == WSMsgType.CLOSE:
-            self.gw.router.unregister(self)  # from now on senders hear 'unknown recipient', not silence
-            transport.send_close(WSCloseCode.OK)
-            transport.disconnect()
-            return
-        now = time.monotonic()
-        self.last_rx = now  # any frame, a pong too, proves the peer alive
-        self.ping_at = 0.0
-        if kind == WSMsgType.PING or kind == WSMsgType.PONG:
-            return  # picows answers pings itself
-        if not self.guard.allow_frame(now):
-            self.abort("flood", WSCloseCode.POLICY_VIOLATION)
-            return
-        if frame.payload_size > self.gw.config.max_message_size:
-            self.abort("oversized", WSCloseCode.MESSAGE_TOO_BIG)
-            return
-        if not frame.fin or kind == WSMsgType.CONTINUATION:
-            self.abort("fragmented", WSCloseCode.UNSUPPORTED_DATA)
-            return
-        if kind != WSMsgType.TEXT:
-            self._error("binary_frame", "frames must be JSON text")
-            return
-        payload = frame.get_payload_as_bytes()
-        reply = canonical_echo_reply(payload)
-        if reply is not None:  # the same counts and reply as the full path below, without the JSON work
-            m = self.gw.metrics
-            m.messages_received += 1
-            self.push(reply)
-            m.messages_sent += 1
-            m.latency.observe(time.monotonic() - now)
-            return
-        cmd = protocol.parse_client_frame(payload)
-        if isinstance(cmd, protocol.ProtocolError):
-            self._error(cmd.kind, cmd.detail, cmd.id)
-            return
-        m = self.gw.metrics
-        m.messages_received += 1
-        if cmd.type == "send":
-            delay = self.gw.config.delivery_delay_s
-            if delay:
-                asyncio.get_running_loop().call_later(delay, self._send, cmd, now)
-            else:
-                self._send(cmd, now)
-        elif cmd.type == "echo":
-            self.push(protocol.echo_frame(cmd))
-            m.messages_sent += 1
-            m.latency.observe(time.monotonic() - now)
-        else:  # ping: application heartbeat (refreshes the registry TTL in cluster mode)
-            self.push(protocol.pong_frame(cmd))
-            self.gw.router.heartbeat(self)
-
-    def _send(self, cmd, received: float) -> None:
-        m = self.gw.metrics
-        frame = protocol.deliver_frame(self.user, cmd)
-        if self.gw.router.deliver(cmd.to, frame):
-            m.messages_sent += 1
-            m.latency.observe(time.monotonic() - received)
-            self.push(protocol.ack_frame(cmd))
-        elif self.gw.router.remote:  # cluster mode: the user may be on another node
-            self.gw.router.route(cmd.to, frame, lambda error: self._routed(cmd, error))
-        else:
-            self._error("unknown_recipient", f"user {cmd.to} is not connected", cmd.id, bad_frame=False)
-
-    def _routed(self, cmd, error) -> None:
-        """Cluster mode: the owning node's topic has the message (ack), or why not."""
-        if error is None:
-            self.push(protocol.ack_frame(cmd))
-        else:  # the recipient is not connected, or a backend is down: not held against the client
-            self._error(error[0], error[1], cmd.id, bad_frame=False)
 
 
 async def _serve_metrics(gw: Gateway, host: str, port: int):
