@@ -238,7 +238,7 @@ def quiesce_worker(quiesce_s: float, mode: str = "peer", n: int = 8):
                            path="/ws", closed_loop=False, message_size=16, token=TOKEN, rate=10.0, heartbeat_s=30.0,
                            pairing="same-node", mode=mode, close_quiesce_s=quiesce_s, local_ips=None,
                            max_connecting=256, reconnect="backoff", backoff_base_s=0.5, backoff_cap_s=30.0)
-    w = wk.Worker(plan, 0, lambda msg: None)
+    w = wk.Worker(plan, 0, plan.profile, lambda msg: None)
     for slot in range(n):
         conn = wk.Conn(w, slot)
         conn.transport = FakeTransport()

@@ -364,16 +364,18 @@ class Agent:
             import multiprocessing  # only for workers 1..N-1
 
             ctx = multiprocessing.get_context("fork")
+        shares = [plan.profile.share(i, plan.workers) for i in range(plan.workers)]  # None: nothing to hold
         for i in range(1, plan.workers):
-            if plan.profile.share(i, plan.workers) is None:
+            if shares[i] is None:
                 continue
             parent_end, child_end = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=worker_main, args=(plan, i, child_end), name=f"loadgen-worker-{i}", daemon=True)
+            p = ctx.Process(target=worker_main, args=(plan, i, shares[i], child_end), name=f"loadgen-worker-{i}",
+                            daemon=True)
             p.start()
             child_end.close()
             self.pipes[parent_end] = p
         tune_gc()
-        self.local_worker = Worker(plan, 0, self._receive) if plan.profile.share(0, plan.workers) else None
+        self.local_worker = Worker(plan, 0, shares[0], self._receive) if shares[0] else None
         self.local = None
         self.outputs = outputs = Outputs(self.out, bool(plan.gateway_metrics))
         scraper = None

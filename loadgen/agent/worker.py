@@ -215,11 +215,12 @@ if echoloop is not None:
 
 
 class Worker:
-    def __init__(self, plan, index: int, send_to_parent) -> None:
+    def __init__(self, plan, index: int, profile, send_to_parent) -> None:
+        """profile: this worker's share of the agent's stages (Profile.share, computed once by the agent)."""
         self.plan = plan
         self.index = index
         self.emit = send_to_parent
-        self.profile = plan.profile.share(index, plan.workers)
+        self.profile = profile
         n = self.profile.peak
         self.n = n
         self.rng = random.Random(os.getpid())
@@ -550,7 +551,7 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def worker_main(plan, index: int, conn) -> None:
+def worker_main(plan, index: int, profile, conn) -> None:
     """Entry point of a worker process; `conn` is its pipe to the agent process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent process decides when workers stop
     tune_gc()
@@ -562,7 +563,7 @@ def worker_main(plan, index: int, conn) -> None:
             os._exit(3)  # the agent process is gone: stop the load at once
 
     try:
-        event_loop_runner()(Worker(plan, index, emit).run())
+        event_loop_runner()(Worker(plan, index, profile, emit).run())
     except Exception as exc:
         emit(("error", index, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1)
