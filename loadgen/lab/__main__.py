@@ -1,4 +1,4 @@
-"""python -m loadgen.lab up [--hosts N] | down [--purge] | status | kafka-dist DIR"""
+"""python -m loadgen.lab up [--hosts N] | down [--purge] | status | kafka-dist DIR | cpu [--seconds S] [--json]"""
 
 import argparse
 import json
@@ -19,12 +19,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     kd = sub.add_parser("kafka-dist", help="assemble the Kafka archive from Maven Central jars")
     kd.add_argument("out_dir", type=Path)
+    cpu = sub.add_parser("cpu", help="CPU per lab host and part (gateway, agent, kafka, etcd, redis) over a window")
+    cpu.add_argument("--seconds", type=float, default=30.0)
+    cpu.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.cmd == "up":
         state = lab_up(a.hosts)
         print(json.dumps({"hosts": state["hosts"], "timings": state.get("timings")}, indent=1))
     elif a.cmd == "down":
         lab_down(purge=a.purge)
+    elif a.cmd == "cpu":
+        from loadgen.lab.cpu import format_table, measure
+        from loadgen.lab.core import LabConfig
+
+        result = measure(a.seconds, LabConfig().cgroup_name)
+        print(json.dumps(result, indent=1) if a.json else format_table(result))
     elif a.cmd == "status":
         print(json.dumps(lab_status(), indent=1))
     else:
