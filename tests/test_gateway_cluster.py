@@ -301,6 +301,62 @@ def test_unknown_user_and_reconnect_elsewhere_replaces_the_older_session(backend
     assert got["from"] == "dave" and owner.startswith("gw-b#")
 
 
+def test_a_stale_cached_route_still_reaches_a_user_who_moved_or_is_counted(backends, pair, tmp_path):
+    """gw-a caches mia -> gw-b after its first send. mia moves to a third node: the next message goes to gw-b
+    by the stale entry, and gw-b forwards it once to mia's new node (and tells gw-a to drop the entry).
+    mia leaves: the next message, again on a cached route, is counted undeliverable by the node it reached;
+    the one after it, with no route cached any more, is refused to the sender (unknown_recipient)."""
+    a, b = pair
+    c = start_gateway(tmp_path, CLUSTER_CONFIG, node_id="gw-c", extra_args=backends["args"])
+
+    def cache(gw, result):
+        return metric(gw, f'im_gateway_route_cache_total{{node="{gw.node}",result="{result}"}}')
+
+    a.node, b.node, c.node = "gw-a", "gw-b", "gw-c"
+    try:
+        wait_for(lambda: metric(a, "im_gateway_cluster_nodes") == 3, 10, "three nodes in etcd")
+
+        async def go():
+            async with ws(a, "nora") as nora:
+                async with ws(b, "mia") as mia_b:
+                    await until(lambda: redis_cli(backends, "GET", "im:session:mia").startswith("gw-b#"), 5, "mia on b")
+                    await send(nora, "mia", 1)
+                    first = await recv(mia_b)
+                    await recv(nora)
+                    async with ws(c, "mia") as mia_c:  # moves: gw-b drops its session (replaced)
+                        with pytest.raises(ConnectionClosed):
+                            await asyncio.wait_for(mia_b.recv(), 10)
+                        await send(nora, "mia", 2)  # gw-a's cache still says gw-b
+                        moved = await recv(mia_c)
+                        ack2 = await recv(nora)
+                        await until(lambda: cache(a, "stale") == 1, 10, "gw-a told its route was stale")
+                        await send(nora, "mia", 3)  # looked up again: straight to gw-c
+                        direct = await recv(mia_c)
+                        await recv(nora)
+                    await until(lambda: redis_cli(backends, "EXISTS", "im:session:mia") == "0", 5, "mia gone")
+                    await send(nora, "mia", 4)  # cached gw-c, which no longer has her
+                    ack4 = await recv(nora)
+                    await until(lambda: metric(c, 'im_gateway_errors_total{node="gw-c",kind="remote_unknown_recipient"}')
+                                == 1, 10, "gw-c to count message 4")
+                    await until(lambda: cache(a, "stale") == 2, 10, "gw-a told again")
+                    await send(nora, "mia", 5)
+                    err5 = await recv(nora)
+            return first, moved, ack2, direct, ack4, err5
+
+        first, moved, ack2, direct, ack4, err5 = asyncio.run(go())
+        assert [first["id"], moved["id"], direct["id"]] == [1, 2, 3]
+        assert ack2 == {"type": "ack", "id": 2} and ack4 == {"type": "ack", "id": 4}
+        assert metric(b, "im_gateway_redirected_total") == 1  # message 2: one hop more, not lost
+        assert metric(c, 'im_gateway_errors_total{node="gw-c",kind="remote_unknown_recipient"}') == 1  # message 4
+        assert err5["type"] == "error" and err5["code"] == "unknown_recipient" and err5["id"] == 5
+        # every message delivered or counted by exactly one node
+        delivered = sum(metric(g, f'im_gateway_deliveries_total{{node="{g.node}",route="remote"}}') for g in (a, b, c))
+        assert delivered == 3
+        assert cache(a, "hit") == 2 and cache(a, "miss") == 3  # messages 2 and 4 rode the cache
+    finally:
+        c.stop()
+
+
 def test_entries_expire_within_ttl_when_a_node_dies_and_heartbeats_keep_them(backends, pair):
     a, b = pair
 

@@ -36,6 +36,8 @@ class GatewayConfig:
     kafka_partitions: int = 1  # partitions of each node's topic
     kafka_replication_factor: int = 3  # capped at the number of live brokers
     topic_prefix: str = "im-gateway.node."
+    route_cache_ttl_s: float = 60.0  # recipient -> node routes are cached this long (stale ones are dropped sooner)
+    route_backlog: int = 10000  # cross-node messages waiting for Redis or Kafka per stage; more are refused at once
     # testing: a known slowdown, so a baseline comparison can be shown to catch one (never for production)
     delivery_delay_s: float = 0.0  # every `send` is held this long before it is routed
 
@@ -64,6 +66,8 @@ _KEYS = {
     ("cluster", "kafka_partitions"): ("kafka_partitions", int),
     ("cluster", "kafka_replication_factor"): ("kafka_replication_factor", int),
     ("cluster", "topic_prefix"): ("topic_prefix", str),
+    ("cluster", "route_cache_ttl"): ("route_cache_ttl_s", "duration"),
+    ("cluster", "route_backlog"): ("route_backlog", int),
     ("testing", "delivery_delay"): ("delivery_delay_s", "duration"),
 }
 

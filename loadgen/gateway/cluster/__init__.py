@@ -58,4 +58,5 @@ def cluster_settings(config, *, etcd: str | None = None, redis: str | None = Non
         redis_password=password, registry_ttl_s=config.registry_ttl_s, lease_ttl_s=config.lease_ttl_s,
         timeout_s=config.backend_timeout_s, partitions=config.kafka_partitions,
         replication=config.kafka_replication_factor, topic_prefix=config.topic_prefix,
-        max_conns=config.max_open_conns, advertise=advertise)
+        max_conns=config.max_open_conns, route_cache_ttl_s=config.route_cache_ttl_s,
+        route_backlog=config.route_backlog, advertise=advertise)

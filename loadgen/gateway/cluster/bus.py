@@ -3,21 +3,32 @@
 The node's topic is created at start with replication factor min(configured, live brokers). The
 consumer starts at the end of the topic (a node only delivers to sessions it holds now). If Kafka is
 down at start, or goes away later, the supervisor retries; sends fail fast (counted) meanwhile.
+
+Sends are not a task each: `submit` queues the record (bounded: a full queue refuses at once) and one
+drainer hands the queue to the producer, whose accumulator batches what arrives while the previous
+batch is in flight; each record's callback runs when the brokers acked its batch, or with the reason
+it failed (the backend timeout bounds the wait).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import time
+import zlib
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger("loadgen.gateway.cluster")
-KIND_MSG, KIND_KICK = b"m", b"k"
+from loadgen.gateway.metrics import Histogram
+
+# record kinds (header k): a message for a user, "drop your older session of this user", and "your
+# cached route to this user is stale" (sent back to the sender's node by a node that no longer has them)
+KIND_MSG, KIND_KICK, KIND_STALE = b"m", b"k", b"s"
 RETRY_S = 2.0
 
 
@@ -31,25 +42,35 @@ class KafkaDown(Exception):
 
 class Bus:
     def __init__(self, bootstrap: str, topic: str, partitions: int, replication: int, timeout_s: float,
-                 on_message, on_error) -> None:
+                 on_message, on_error, max_pending: int = 10_000) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.replication = replication
         self.timeout_s = timeout_s
-        self.on_message = on_message  # (kind, to_user, value, origin_ns) for each consumed record
+        self.on_message = on_message  # (kind, to_user, value, headers) for each consumed record
         self.on_error = on_error
+        self.max_pending = max_pending
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.topic_rf: int | None = None
         self.partition_ids: list[int] = []
         self.consuming = asyncio.Event()
-        self.produce_seconds: list[float] = []
-        self.consume_seconds: list[float] = []
+        self.produce_latency = Histogram()  # submit to broker ack (acks=all)
+        self.consume_latency = Histogram()  # publish on the sender's node to consumed here
+        self._queue: collections.deque = collections.deque()  # records not yet handed to the producer
+        self._wake = asyncio.Event()
+        self.unacked = 0  # handed to the producer, ack not yet in
+        self._topic_partitions: dict[str, int] = {}
 
     @property
     def up(self) -> bool:
         return self.producer is not None and self.consuming.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Records submitted whose outcome is not known yet (queued + awaiting the brokers' ack)."""
+        return len(self._queue) + self.unacked
 
     async def _ensure_topic(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
@@ -108,15 +129,15 @@ class Bus:
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                observe, on_message = self.consume_latency.observe, self.on_message
                 for records in batches.values():
                     now = time.time_ns()
                     for rec in records:
                         headers = dict(rec.headers or ())
                         published = int(headers.get("pt", b"0") or 0)
                         if published:
-                            self.consume_seconds.append(max(0, now - published) / 1e9)
-                        origin = int(headers.get("ts", b"0") or 0)
-                        self.on_message(headers.get("k", KIND_MSG), (rec.key or b"").decode(), rec.value, origin)
+                            observe(max(0, now - published) / 1e9)
+                        on_message(headers.get("k", KIND_MSG), (rec.key or b"").decode(), rec.value, headers)
         finally:
             self.consuming.clear()
             self.consumer = None
@@ -139,22 +160,87 @@ class Bus:
                 self.on_error(exc)
                 await asyncio.sleep(RETRY_S)
 
-    async def publish(self, topic: str, kind: bytes, to_user: str, value: bytes, origin_ns: int) -> None:
-        """Hand a record to the brokers (acks=all); raises KafkaDown when that fails within the timeout.
+    def submit(self, topic: str, kind: bytes, to_user: str, value: bytes, headers: list, done) -> bool:
+        """Queue a record for `topic`; done(None) once the brokers have it (acks=all), done(reason) when not.
+        False (done not called): the queue is full, the caller counts the refusal."""
+        if len(self._queue) + self.unacked >= self.max_pending:
+            return False
+        self._queue.append((topic, kind, to_user, value, headers, done, time.monotonic()))
+        self._wake.set()
+        return True
 
-        origin_ns: wall-clock arrival of the message at the sender's node (header ts); pt: publish time.
-        """
-        producer = self.producer
-        if producer is None:
-            raise KafkaDown("producer not connected")
-        t0 = time.monotonic()
-        try:
-            await asyncio.wait_for(producer.send_and_wait(
-                topic, value, key=to_user.encode(), headers=[("k", kind), ("ts", str(origin_ns).encode()), ("pt", str(time.time_ns()).encode())]),
-                self.timeout_s * 1.5)  # the producer's own expiry (request_timeout_ms) fails the batch first
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
-            raise KafkaDown(repr(exc)) from exc
-        self.produce_seconds.append(time.monotonic() - t0)
+    async def publish(self, topic: str, kind: bytes, to_user: str, value: bytes, headers: list) -> None:
+        """submit, awaited; raises KafkaDown when the record did not reach the brokers."""
+        fut = asyncio.get_running_loop().create_future()
+        if not self.submit(topic, kind, to_user, value, headers,
+                           lambda error: fut.done() or fut.set_result(error)):
+            raise KafkaDown("send queue full")
+        error = await fut
+        if error is not None:
+            raise KafkaDown(error)
+
+    async def drain(self) -> None:
+        """Hand queued records to the producer, in order, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                topic, kind, to_user, value, headers, done, t0 = self._queue.popleft()
+                producer = self.producer
+                if producer is None:
+                    done("producer not connected")
+                    continue
+                try:
+                    partition = self._topic_partitions.get(topic)
+                    if partition is None:
+                        partition = self._topic_partitions[topic] = len(
+                            await asyncio.wait_for(producer.partitions_for(topic), self.timeout_s))
+                    key = to_user.encode()
+                    # our own partitioner: the same user always lands in the same partition, without
+                    # aiokafka's murmur2 in Python for every record. No wait_for here (a task per record):
+                    # send() waits only for room in the accumulator, bounded by request_timeout_ms.
+                    fut = await producer.send(
+                        topic, value, key=key, partition=zlib.crc32(key) % partition if partition > 1 else 0,
+                        headers=[("k", kind), *headers, ("pt", str(time.time_ns()).encode())])
+                except Exception as exc:  # noqa: BLE001 - answered and counted; the drainer must go on
+                    self._topic_partitions.pop(topic, None)
+                    done(repr(exc))
+                    continue
+                self._track(loop, fut, done, t0)
+
+    def _track(self, loop, fut, done, t0: float) -> None:
+        """done once: at the brokers' ack or failure, or after 1.5 x the backend timeout (the producer's
+        own expiry, request_timeout_ms, normally fails the batch first; a late ack is then ignored: the
+        record may still arrive, at least once, as after any producer timeout)."""
+        self.unacked += 1
+        answered = False
+
+        def expire() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self.unacked -= 1
+                done("no broker ack within the backend timeout")
+
+        timer = loop.call_later(self.timeout_s * 1.5, expire)
+
+        def acked(f) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            timer.cancel()
+            self.unacked -= 1
+            exc = None if not f.cancelled() else "cancelled"
+            exc = exc or f.exception()
+            if exc is not None:
+                done(repr(exc))
+                return
+            self.produce_latency.observe(time.monotonic() - t0)
+            done(None)
+
+        fut.add_done_callback(acked)
 
     async def close(self) -> None:
         if self.producer is not None:

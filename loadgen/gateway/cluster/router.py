@@ -1,9 +1,14 @@
 """ClusterRouter: local sessions in memory, user -> node in Redis, Kafka between nodes, etcd membership.
 
-Same-node messages never touch a backend. A message to a user not connected here is looked up in
-Redis and published to the owning node's topic; the sender's ack means "the owning node's topic has
-it" (acks=all). Backend failures are counted in im_gateway_errors_total{kind=etcd|redis|kafka} and
-only cross-node traffic suffers: local delivery, connects and disconnects never wait for a backend.
+Same-node messages never touch a backend. A message to a user not connected here goes to the owning
+node's topic; the sender's ack means "the owning node's topic has it" (acks=all). The owner comes
+from a local cache of recipient -> node, filled by batched Redis lookups: a cached route saves the
+Redis round trip of every message. A stale entry loses nothing: the node that no longer has the
+user looks them up again and forwards the message once to their new node (or counts it as
+undeliverable) and tells the sender's node to drop the entry. Backend failures are counted in
+im_gateway_errors_total{kind=etcd|redis|kafka} and only cross-node traffic suffers: local delivery,
+connects and disconnects never wait for a backend. Waiting for a backend is bounded per node
+(`route_backlog`): past it a send is refused at once (route_failed) instead of queueing without end.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from loadgen.gateway.registry import LocalRouter, Session
 
 log = logging.getLogger("loadgen.gateway.cluster")
 REFRESH_S = 1.0  # heartbeat refreshes are flushed to Redis in batches this often
+CACHE_SWEEP_S = 10.0  # expired route-cache entries are removed this often
 # A registry miss is asked again after these pauses before the sender hears "unknown_recipient": the
 # owning node registers a user right after the handshake, and a peer may already be sending to them.
 MISS_RETRY_S = (0.05, 0.2)
@@ -40,6 +46,8 @@ class ClusterSettings:
     replication: int = 3
     topic_prefix: str = "im-gateway.node."
     max_conns: int = 10000
+    route_cache_ttl_s: float = 60.0  # a cached recipient -> node route is asked again after this long
+    route_backlog: int = 10000  # messages waiting for the registry or for Kafka; more are refused at once
     advertise: str = ""  # this node's WebSocket endpoint, stored in etcd for operators
 
 
@@ -57,16 +65,20 @@ class ClusterRouter(LocalRouter):
         self.membership = Membership(settings.etcd, node_id, {"ws": settings.advertise, "topic": self.topic},
                                      settings.lease_ttl_s, settings.timeout_s, lambda exc: self._error("etcd"))
         self.registry = Registry(settings.redis_url, settings.redis_password, settings.registry_ttl_s,
-                                 settings.timeout_s, settings.max_conns, lambda exc: self._error("redis"))
+                                 settings.timeout_s, settings.max_conns, lambda exc: self._error("redis"),
+                                 settings.route_backlog)
         self.bus = kafka_bus.Bus(settings.kafka, self.topic, settings.partitions, settings.replication,
-                                 settings.timeout_s, self._on_record, lambda exc: self._error("kafka"))
+                                 settings.timeout_s, self._on_record, lambda exc: self._error("kafka"),
+                                 settings.route_backlog)
         self.deliveries = {"local": 0, "remote": 0}  # delivered to a session here, from this node / via Kafka
         self.forwarded = 0  # published to another node's topic (acked by the brokers)
+        self.redirected = 0  # consumed here for a user who moved, forwarded once to their new node
         self.route_failed = 0
-        self.produce_latency = Histogram()
-        self.consume_latency = Histogram()
+        self.refused = {"lookup": 0, "produce": 0}  # route_backlog full: refused at once
+        self.cache: dict[str, tuple[str, float]] = {}  # recipient -> (node, monotonic expiry)
+        self.cache_counts = {"hit": 0, "miss": 0, "stale": 0}
+        self._origin = [("n", node_id.encode())]  # header: the sender's node (told when a route is stale)
         self.route_latency = Histogram()  # sender node's frame arrival -> delivery write here (wall clock)
-        self.lookup_latency = Histogram()
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[asyncio.Task] = set()
 
@@ -78,13 +90,20 @@ class ClusterRouter(LocalRouter):
         """Start the backends' loops; wait (bounded) until our topic is consumed, never fail."""
         self._tasks = [asyncio.create_task(self.membership.run(), name="etcd"),
                        asyncio.create_task(self.registry.run(REFRESH_S, lambda: dict(self._values)), name="redis"),
-                       asyncio.create_task(self.bus.run(), name="kafka")]
+                       asyncio.create_task(self.registry.lookups(), name="redis-lookups"),
+                       asyncio.create_task(self.bus.run(), name="kafka"),
+                       asyncio.create_task(self.bus.drain(), name="kafka-produce"),
+                       asyncio.create_task(self._sweep_cache(), name="route-cache")]
         try:
             await asyncio.wait_for(self.bus.consuming.wait(), ready_timeout_s or 3 * self.s.timeout_s)
         except asyncio.TimeoutError:
             log.warning("kafka not ready yet: serving local traffic, cross-node sends fail until it is")
 
     async def stop(self) -> None:
+        if self.bus.pending:  # sends already acked to nobody yet: let them finish (bounded)
+            deadline = time.monotonic() + self.s.timeout_s
+            while self.bus.pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -104,7 +123,12 @@ class ClusterRouter(LocalRouter):
     async def _claim(self, user: str, value: str) -> None:
         old = await self.registry.register(user, value)
         if old is not None and node_of(old) != self.node_id:  # the user was connected elsewhere: tell that node
-            await self._publish(node_of(old), kafka_bus.KIND_KICK, user, old.encode(), time.time_ns())
+            try:
+                await self.bus.publish(self._topic_of(node_of(old)), kafka_bus.KIND_KICK, user, old.encode(),
+                                       [("ts", str(time.time_ns()).encode())])
+            except kafka_bus.KafkaDown as exc:
+                self._error("kafka")
+                log.debug("kafka: kick to %s failed: %s", node_of(old), exc)
 
     def unregister(self, session: Session) -> None:
         if self._sessions.get(session.user) is session:
@@ -130,81 +154,144 @@ class ClusterRouter(LocalRouter):
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
+    def _topic_of(self, node: str) -> str:
+        return kafka_bus.topic_for(self.s.topic_prefix, node)
+
+    def _cached(self, user: str) -> str | None:
+        entry = self.cache.get(user)
+        if entry is None:
+            return None
+        node, expires = entry
+        if expires < time.monotonic() or not self.membership.maybe_alive(node):
+            del self.cache[user]
+            return None
+        return node
+
+    async def _sweep_cache(self) -> None:
+        while True:
+            await asyncio.sleep(CACHE_SWEEP_S)
+            now = time.monotonic()
+            for user in [u for u, (_, expires) in self.cache.items() if expires < now]:
+                del self.cache[user]
+
     def route(self, to_user: str, frame: bytes, done) -> None:
         """A user not connected here: find the owning node and hand it the frame. Calls done(None) once
         the owning node's topic has it, or done((kind, detail)) with why not."""
-        self._spawn(self._route(to_user, frame, done, time.time_ns()))
+        arrived_ns = time.time_ns()
+        node = self._cached(to_user)
+        if node is not None:
+            self.cache_counts["hit"] += 1
+            self._forward(node, to_user, frame, arrived_ns, done)
+            return
+        self.cache_counts["miss"] += 1
+        self._lookup(to_user, frame, done, arrived_ns, 0)
 
-    async def _route(self, to_user: str, frame: bytes, done, arrived_ns: int) -> None:
-        try:
-            value = await self.registry.lookup(to_user)
-            for delay in MISS_RETRY_S:  # a user who connected a moment ago may not be registered yet
-                if value:
-                    break
-                await asyncio.sleep(delay)
-                value = await self.registry.lookup(to_user)
-        except Exception:  # counted as kind=redis by the registry
+    def _lookup(self, to_user: str, frame: bytes, done, arrived_ns: int, attempt: int) -> None:
+        def answered(value, error) -> None:
+            if error is not None:  # counted as kind=redis by the registry
+                self.route_failed += 1
+                done(("route_failed", "session registry unavailable"))
+                return
+            node = node_of(value) if value else None
+            if node is None and attempt < len(MISS_RETRY_S):  # a user who connected a moment ago
+                asyncio.get_running_loop().call_later(MISS_RETRY_S[attempt], self._lookup, to_user, frame, done,
+                                                      arrived_ns, attempt + 1)
+                return
+            if node is None or node == self.node_id or not self.membership.maybe_alive(node):
+                # nobody has the user, or the session here just ended, or its node left the cluster
+                local = self._sessions.get(to_user)
+                if local is not None and local.push(frame):  # connected here meanwhile
+                    self.deliveries["local"] += 1
+                    done(None)
+                else:
+                    done(("unknown_recipient", f"user {to_user} is not connected"))
+                return
+            self.cache[to_user] = (node, time.monotonic() + self.s.route_cache_ttl_s)
+            self._forward(node, to_user, frame, arrived_ns, done)
+
+        if not self.registry.lookup_soon(to_user, answered):
+            self.refused["lookup"] += 1
             self.route_failed += 1
-            done(("route_failed", "session registry unavailable"))
-            return
-        node = node_of(value) if value else None
-        if node is None or node == self.node_id or not self.membership.maybe_alive(node):
-            # nobody has the user, or the session here just ended, or its node left the cluster
-            local = self._sessions.get(to_user)
-            if local is not None:  # connected here meanwhile
-                local.push(frame)
-                self.deliveries["local"] += 1
+            done(("route_failed", "session registry backlog full"))
+
+    def _forward(self, node: str, to_user: str, frame: bytes, arrived_ns: int, done) -> None:
+        def acked(error) -> None:
+            if error is None:
+                self.forwarded += 1
                 done(None)
-            else:
-                done(("unknown_recipient", f"user {to_user} is not connected"))
-            return
-        if await self._publish(node, kafka_bus.KIND_MSG, to_user, frame, arrived_ns):
-            self.forwarded += 1
-            done(None)
-        else:
+                return
+            self._error("kafka")
+            log.debug("kafka: publish to %s failed: %s", node, error)
             self.route_failed += 1
             done(("route_failed", "cross-node bus (Kafka) unavailable"))
 
-    async def _publish(self, node: str, kind: bytes, to_user: str, value: bytes, origin_ns: int) -> bool:
-        try:
-            await self.bus.publish(kafka_bus.topic_for(self.s.topic_prefix, node), kind, to_user, value, origin_ns)
-            return True
-        except kafka_bus.KafkaDown as exc:
-            self._error("kafka")
-            log.debug("kafka: publish to %s failed: %s", node, exc)
-            return False
+        headers = [("ts", str(arrived_ns).encode()), *self._origin]
+        if not self.bus.submit(self._topic_of(node), kafka_bus.KIND_MSG, to_user, frame, headers, acked):
+            self.refused["produce"] += 1
+            self.route_failed += 1
+            done(("route_failed", "cross-node bus (Kafka) backlog full"))
 
-    def _on_record(self, kind: bytes, to_user: str, value: bytes, origin_ns: int) -> None:
+    def _on_record(self, kind: bytes, to_user: str, value: bytes, headers: dict) -> None:
         session = self._sessions.get(to_user)
-        if kind == kafka_bus.KIND_KICK:  # the user connected to another node: drop our older session
+        if kind == kafka_bus.KIND_MSG:
+            if session is not None and session.push(value):
+                self._delivered(headers)
+            else:
+                self._misrouted(to_user, value, headers)
+        elif kind == kafka_bus.KIND_KICK:  # the user connected to another node: drop our older session
             if session is not None and self._values.get(to_user) == value.decode():
                 self.unregister(session)  # its entry belongs to the other node now: no delete
                 session.replaced()
-            return
-        if session is None or not session.push(value):
-            # Acked to the sender (the brokers had it), but the user left meanwhile (logged out, dropped, or
-            # its session here is closing): undeliverable, counted so the operator sees it.
-            self._error("remote_unknown_recipient")
-            return
+        elif kind == kafka_bus.KIND_STALE:  # our cached route to the user pointed at a node that lost them
+            if self.cache.pop(to_user, None) is not None:
+                self.cache_counts["stale"] += 1
+
+    def _delivered(self, headers: dict) -> None:
         self.deliveries["remote"] += 1
         m = self.metrics
         m.messages_sent += 1
+        origin_ns = int(headers.get("ts", b"0") or 0)
         if origin_ns:
             seconds = max(0, time.time_ns() - origin_ns) / 1e9
             self.route_latency.observe(seconds)
             m.latency.observe(seconds)
 
-    # --- metrics ---------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        for src, hist in ((self.bus.produce_seconds, self.produce_latency),
-                          (self.bus.consume_seconds, self.consume_latency),
-                          (self.registry.lookup_seconds, self.lookup_latency)):
-            for v in src:
-                hist.observe(v)
-            src.clear()
+    def _misrouted(self, to_user: str, value: bytes, headers: dict) -> None:
+        """A message for a user not (or no longer) connected here. The sender already has its ack: find
+        the user's node now and forward it there once, else count it as undeliverable; and tell the
+        sender's node that its route is stale."""
+        origin = headers.get("n", b"").decode()
+        if origin and origin != self.node_id:
+            self.bus.submit(self._topic_of(origin), kafka_bus.KIND_STALE, to_user, b"", [], lambda error: None)
+        if headers.get("h"):  # forwarded once already: no second hop
+            self._error("remote_unknown_recipient")
+            return
 
+        def answered(owner, error) -> None:
+            node = node_of(owner) if owner else None
+            session = self._sessions.get(to_user)
+            if session is not None and session.push(value):  # reconnected here meanwhile
+                self._delivered(headers)
+            elif error is None and node and node != self.node_id and self.membership.maybe_alive(node):
+                fwd = [(k, v) for k, v in headers.items() if k in ("ts", "n")] + [("h", b"1")]
+                if not self.bus.submit(self._topic_of(node), kafka_bus.KIND_MSG, to_user, value, fwd, redirected):
+                    self._error("remote_unknown_recipient")
+            else:
+                # Acked to the sender (the brokers had it), but the user left (logged out, dropped, or its
+                # session here is closing): undeliverable, counted so the operator sees it.
+                self._error("remote_unknown_recipient")
+
+        def redirected(error) -> None:
+            if error is None:
+                self.redirected += 1
+            else:
+                self._error("remote_unknown_recipient")
+
+        if not self.registry.lookup_soon(to_user, answered):
+            self._error("remote_unknown_recipient")
+
+    # --- metrics ---------------------------------------------------------------------------------
     def render_metrics(self) -> str:
-        self._drain()
         node = f'node="{self.node_id}"'
         up = {"etcd": self.membership.up, "redis": self.registry.up, "kafka": self.bus.up}
         lines = ["# HELP im_gateway_deliveries_total Messages delivered to a session here, by route "
@@ -214,7 +301,23 @@ class ClusterRouter(LocalRouter):
         lines += ["# HELP im_gateway_forwarded_total Messages published to the owning node's Kafka topic.",
                   "# TYPE im_gateway_forwarded_total counter",
                   f"im_gateway_forwarded_total{{{node}}} {self.forwarded}",
-                  "# HELP im_gateway_registry_operations_total Session registry (Redis) operations by result.",
+                  "# HELP im_gateway_redirected_total Messages consumed here for a user who moved, forwarded once "
+                  "to their new node.",
+                  "# TYPE im_gateway_redirected_total counter",
+                  f"im_gateway_redirected_total{{{node}}} {self.redirected}",
+                  "# HELP im_gateway_route_cache_total Cross-node sends by route cache result (stale: dropped "
+                  "because the node it named no longer had the user).",
+                  "# TYPE im_gateway_route_cache_total counter"]
+        lines += [f'im_gateway_route_cache_total{{{node},result="{k}"}} {v}' for k, v in self.cache_counts.items()]
+        lines += ["# HELP im_gateway_route_pending Cross-node messages waiting for a backend now, by stage.",
+                  "# TYPE im_gateway_route_pending gauge",
+                  f'im_gateway_route_pending{{{node},stage="lookup"}} {self.registry.lookups_pending}',
+                  f'im_gateway_route_pending{{{node},stage="produce"}} {self.bus.pending}',
+                  "# HELP im_gateway_route_refused_total Cross-node sends refused at once because route_backlog "
+                  "messages already waited for that stage.",
+                  "# TYPE im_gateway_route_refused_total counter"]
+        lines += [f'im_gateway_route_refused_total{{{node},stage="{k}"}} {v}' for k, v in self.refused.items()]
+        lines += ["# HELP im_gateway_registry_operations_total Session registry (Redis) operations by result.",
                   "# TYPE im_gateway_registry_operations_total counter"]
         lines += [f'im_gateway_registry_operations_total{{{node},op="{op}",result="{res}"}} {n}'
                   for (op, res), n in sorted(self.registry.ops.items())]
@@ -232,11 +335,13 @@ class ClusterRouter(LocalRouter):
                   "# TYPE im_gateway_kafka_topic_replication_factor gauge",
                   f'im_gateway_kafka_topic_replication_factor{{{node},topic="{self.topic}"}} {self.bus.topic_rf or 0}']
         for name, hist, help_ in (
-                ("im_gateway_kafka_produce_latency_seconds", self.produce_latency, "Publish to broker ack (acks=all)."),
-                ("im_gateway_kafka_consume_latency_seconds", self.consume_latency, "Publish to consumed here."),
+                ("im_gateway_kafka_produce_latency_seconds", self.bus.produce_latency,
+                 "Publish to broker ack (acks=all)."),
+                ("im_gateway_kafka_consume_latency_seconds", self.bus.consume_latency, "Publish to consumed here."),
                 ("im_gateway_route_latency_seconds", self.route_latency,
                  "Cross-node: frame arrival on the sender's node to delivery write here (wall clocks)."),
-                ("im_gateway_registry_lookup_latency_seconds", self.lookup_latency, "Redis lookup round trip.")):
+                ("im_gateway_registry_lookup_latency_seconds", self.registry.lookup_latency,
+                 "Redis lookup round trip (one MGET for a batch of users).")):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
             lines += hist.exposition(name)
         return "\n".join(lines) + "\n"

@@ -3,7 +3,9 @@
 - connect: SET ... EX ttl GET (the old owner, if another node, is told to drop its session);
 - heartbeat (application ping): refreshed in batches, only while this node still owns the entry;
 - disconnect: deleted only if this session still owns it (a newer connection elsewhere is kept);
-- lookups for cross-node sends.
+- lookups for cross-node sends: batched (one MGET for every user asked about meanwhile, one in
+  flight at a time), the waiting bounded (a full backlog refuses at once), and when Redis fails or
+  hangs everyone waiting hears it at once instead of each waiting out the timeout in turn.
 Every operation is bounded by the backend timeout; a failure is counted and the affected users are
 claimed again once Redis answers, so entries lost during an outage come back by themselves.
 """
@@ -11,11 +13,14 @@ claimed again once Redis answers, so entries lost during an outage come back by 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from loadgen.gateway.metrics import Histogram
 
 log = logging.getLogger("loadgen.gateway.cluster")
 KEY_PREFIX = "im:session:"
@@ -43,7 +48,7 @@ def node_of(value: str) -> str:
 
 class Registry:
     def __init__(self, url: str, password: str | None, ttl_s: float, timeout_s: float, max_conns: int,
-                 on_error) -> None:
+                 on_error, max_pending: int = 10_000) -> None:
         self.ttl = max(1, int(round(ttl_s)))
         self.timeout_s = timeout_s
         self.on_error = on_error
@@ -56,7 +61,10 @@ class Registry:
         self.pending: dict[str, str] = {}  # user -> value to claim/refresh at the next flush
         self.up = False
         self.ops: dict[tuple[str, str], int] = {}  # (op, result) -> count
-        self.lookup_seconds: list[float] = []  # drained by the router's metrics
+        self.lookup_latency = Histogram()  # one MGET round trip
+        self.max_pending = max_pending
+        self._waiting: dict[str, list] = {}  # user -> callbacks of the lookups waiting for the next MGET
+        self._wake = asyncio.Event()
 
     def _count(self, op: str, result: str, n: int = 1) -> None:
         self.ops[(op, result)] = self.ops.get((op, result), 0) + n
@@ -95,18 +103,49 @@ class Registry:
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed("unregister", exc)  # the entry expires within the TTL
 
-    async def lookup(self, user: str) -> str | None:
-        """The owner's value, None when nobody owns the user; raises on a Redis failure."""
-        t0 = time.monotonic()
-        try:
-            value = await self._bounded(self.redis.get(KEY_PREFIX + user))
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._failed("lookup", exc)
-            raise
-        self.up = True
-        self.lookup_seconds.append(time.monotonic() - t0)
-        self._count("lookup", "hit" if value else "miss")
-        return value
+    @property
+    def lookups_pending(self) -> int:
+        return len(self._waiting)
+
+    def lookup_soon(self, user: str, callback) -> bool:
+        """Ask who owns `user` with the next batch: callback(value or None, None), or callback(None, exc)
+        when Redis failed. False (callback not called): the backlog is full."""
+        waiting = self._waiting.get(user)
+        if waiting is not None:  # already asked: one key, every caller answered
+            waiting.append(callback)
+            return True
+        if len(self._waiting) >= self.max_pending:
+            return False
+        self._waiting[user] = [callback]
+        self._wake.set()
+        return True
+
+    async def lookups(self) -> None:
+        """Answer waiting lookups with one MGET per batch until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                users = list(itertools.islice(self._waiting, BATCH))
+                t0 = time.monotonic()
+                try:
+                    values = await self._bounded(self.redis.mget([KEY_PREFIX + u for u in users]))
+                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    failed, self._waiting = self._waiting, {}  # all of them would wait for the same Redis
+                    self._failed("lookup", exc, len(failed))
+                    for callbacks in failed.values():
+                        for cb in callbacks:
+                            cb(None, exc)
+                    break
+                self.up = True
+                self.lookup_latency.observe(time.monotonic() - t0)
+                hits = 0
+                for user, value in zip(users, values):
+                    hits += bool(value)
+                    for cb in self._waiting.pop(user, ()):
+                        cb(value, None)
+                self._count("lookup", "hit", hits)
+                self._count("lookup", "miss", len(users) - hits)
 
     async def flush(self, batch: dict[str, str]) -> None:
         """Claim/refresh entries in pipelines; on failure they stay pending."""
