@@ -293,47 +293,39 @@ class ClusterRouter(LocalRouter):
     # --- metrics ---------------------------------------------------------------------------------
     def render_metrics(self) -> str:
         node = f'node="{self.node_id}"'
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_: str, samples) -> None:
+            """A metric family: samples are (extra labels, value)."""
+            lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}"])
+            lines.extend(f"{name}{{{node}{labels}}} {value}" for labels, value in samples)
+
+        def by(label: str, table: dict):
+            return [(f',{label}="{k}"', v) for k, v in table.items()]
+
         up = {"etcd": self.membership.up, "redis": self.registry.up, "kafka": self.bus.up}
-        lines = ["# HELP im_gateway_deliveries_total Messages delivered to a session here, by route "
-                 "(local: sender on this node; remote: from another node via Kafka).",
-                 "# TYPE im_gateway_deliveries_total counter"]
-        lines += [f'im_gateway_deliveries_total{{{node},route="{k}"}} {v}' for k, v in self.deliveries.items()]
-        lines += ["# HELP im_gateway_forwarded_total Messages published to the owning node's Kafka topic.",
-                  "# TYPE im_gateway_forwarded_total counter",
-                  f"im_gateway_forwarded_total{{{node}}} {self.forwarded}",
-                  "# HELP im_gateway_redirected_total Messages consumed here for a user who moved, forwarded once "
-                  "to their new node.",
-                  "# TYPE im_gateway_redirected_total counter",
-                  f"im_gateway_redirected_total{{{node}}} {self.redirected}",
-                  "# HELP im_gateway_route_cache_total Cross-node sends by route cache result (stale: dropped "
-                  "because the node it named no longer had the user).",
-                  "# TYPE im_gateway_route_cache_total counter"]
-        lines += [f'im_gateway_route_cache_total{{{node},result="{k}"}} {v}' for k, v in self.cache_counts.items()]
-        lines += ["# HELP im_gateway_route_pending Cross-node messages waiting for a backend now, by stage.",
-                  "# TYPE im_gateway_route_pending gauge",
-                  f'im_gateway_route_pending{{{node},stage="lookup"}} {self.registry.lookups_pending}',
-                  f'im_gateway_route_pending{{{node},stage="produce"}} {self.bus.pending}',
-                  "# HELP im_gateway_route_refused_total Cross-node sends refused at once because route_backlog "
-                  "messages already waited for that stage.",
-                  "# TYPE im_gateway_route_refused_total counter"]
-        lines += [f'im_gateway_route_refused_total{{{node},stage="{k}"}} {v}' for k, v in self.refused.items()]
-        lines += ["# HELP im_gateway_registry_operations_total Session registry (Redis) operations by result.",
-                  "# TYPE im_gateway_registry_operations_total counter"]
-        lines += [f'im_gateway_registry_operations_total{{{node},op="{op}",result="{res}"}} {n}'
-                  for (op, res), n in sorted(self.registry.ops.items())]
-        lines += ["# HELP im_gateway_registry_lookups_total Registry lookups for cross-node sends by result.",
-                  "# TYPE im_gateway_registry_lookups_total counter"]
-        lines += [f'im_gateway_registry_lookups_total{{{node},result="{res}"}} {self.registry.ops.get(("lookup", res), 0)}'
-                  for res in ("hit", "miss", "error")]
-        lines += ["# HELP im_gateway_cluster_nodes Live gateway nodes listed in etcd.",
-                  "# TYPE im_gateway_cluster_nodes gauge",
-                  f"im_gateway_cluster_nodes{{{node}}} {len(self.membership.nodes)}",
-                  "# HELP im_gateway_backend_up 1 when the backend answered its last operation.",
-                  "# TYPE im_gateway_backend_up gauge"]
-        lines += [f'im_gateway_backend_up{{{node},backend="{k}"}} {int(bool(v))}' for k, v in up.items()]
-        lines += ["# HELP im_gateway_kafka_topic_replication_factor Replication factor of this node's topic.",
-                  "# TYPE im_gateway_kafka_topic_replication_factor gauge",
-                  f'im_gateway_kafka_topic_replication_factor{{{node},topic="{self.topic}"}} {self.bus.topic_rf or 0}']
+        family("im_gateway_deliveries_total", "counter", "Messages delivered to a session here, by route "
+               "(local: sender on this node; remote: from another node via Kafka).", by("route", self.deliveries))
+        family("im_gateway_forwarded_total", "counter", "Messages published to the owning node's Kafka topic.",
+               [("", self.forwarded)])
+        family("im_gateway_redirected_total", "counter", "Messages consumed here for a user who moved, forwarded "
+               "once to their new node.", [("", self.redirected)])
+        family("im_gateway_route_cache_total", "counter", "Cross-node sends by route cache result (stale: dropped "
+               "because the node it named no longer had the user).", by("result", self.cache_counts))
+        family("im_gateway_route_pending", "gauge", "Cross-node messages waiting for a backend now, by stage.",
+               by("stage", {"lookup": self.registry.lookups_pending, "produce": self.bus.pending}))
+        family("im_gateway_route_refused_total", "counter", "Cross-node sends refused at once because "
+               "route_backlog messages already waited for that stage.", by("stage", self.refused))
+        family("im_gateway_registry_operations_total", "counter", "Session registry (Redis) operations by result.",
+               [(f',op="{op}",result="{res}"', n) for (op, res), n in sorted(self.registry.ops.items())])
+        family("im_gateway_registry_lookups_total", "counter", "Registry lookups for cross-node sends by result.",
+               by("result", {res: self.registry.ops.get(("lookup", res), 0) for res in ("hit", "miss", "error")}))
+        family("im_gateway_cluster_nodes", "gauge", "Live gateway nodes listed in etcd.",
+               [("", len(self.membership.nodes))])
+        family("im_gateway_backend_up", "gauge", "1 when the backend answered its last operation.",
+               by("backend", {k: int(bool(v)) for k, v in up.items()}))
+        family("im_gateway_kafka_topic_replication_factor", "gauge", "Replication factor of this node's topic.",
+               [(f',topic="{self.topic}"', self.bus.topic_rf or 0)])
         for name, hist, help_ in (
                 ("im_gateway_kafka_produce_latency_seconds", self.bus.produce_latency,
                  "Publish to broker ack (acks=all)."),
