@@ -103,8 +103,17 @@ def sample_script(host, roles: list[str]) -> str:
             "echo gw_ticks=$(awk '{print $14+$15}' /proc/$P/stat); "
             "echo gw_rss_kb=$(awk '/^VmRSS/{print $2}' /proc/$P/status); "
             "echo gw_fds=$(ls -U /proc/$P/fd | wc -l); fi",
-            f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2}} END{{print s+0}}')",
+            # nothing (not 0) when the scrape failed or timed out: a busy gateway whose /metrics answers late
+            # must not count as a gateway with no connections (that skewed the per-node hold means)
+            f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2; n++}} END{{if (n) print s}}')",
         ]
+    # CPU of the cluster backends on this host (clock ticks of their processes; [x] keeps the pattern from
+    # matching this script's own shell): the report names which part ran out when a run saturates
+    for role, name, pattern in (("kafka", "kafka", "-f '[k]afka[.]Kafka'"), ("etcd", "etcd", "-x etcd"),
+                                ("redis", "redis", "-x redis-server")):
+        if role in roles:
+            lines.append(f"echo {name}_ticks=$(for p in $(pgrep {pattern}); do awk '{{print $14+$15}}' "
+                         "/proc/$p/stat 2>/dev/null; done | awk '{s+=$1} END{if (NR) print s}')")
     if "generators" in roles and host.vars.get("_agent_pidfile"):
         # the agent's memory: its process and its forked workers; its open connections from status.json
         lines += [
@@ -167,7 +176,8 @@ class SampleDeltas:
             if raw.get(key, "").strip().isdigit():
                 add(metric, int(raw[key]) * scale)
         state = {"cpu": cpu, "ts": ts}
-        for key, metric in (("gw_ticks", "gateway_cpu_percent"), ("ag_ticks", "agent_cpu_percent")):
+        for key, metric in (("gw_ticks", "gateway_cpu_percent"), ("ag_ticks", "agent_cpu_percent"),
+                            *((f"{svc}_ticks", f"{svc}_cpu_percent") for svc in ("kafka", "etcd", "redis"))):
             ticks = raw.get(key, "")
             state[key] = int(ticks) if ticks.isdigit() else None
             # a worker that exits takes its ticks along: a negative delta is not a CPU figure

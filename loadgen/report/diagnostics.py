@@ -16,6 +16,10 @@ SKEW_WARN_MS = 1000.0
 TIMEOUT_SHARE = 0.005  # connect timeouts above 0.5 % of attempts are worth a look
 DISCONNECT_SHARE = 0.005
 SPIKE_FACTOR = 5.0  # a bin with 5x the median disconnect rate (and >1 % of connections) is a spike
+# A gateway process runs one event loop: near one full core it is the limit, whatever the host has left.
+LOOP_SATURATED = 90.0
+HOST_SATURATED = 95.0
+BACKENDS = ("kafka", "etcd", "redis")
 
 
 def _target(summary: dict, name: str, default: float) -> float:
@@ -293,9 +297,72 @@ def check_partial(s, series, nodes, host_info, agents, win):
                         "Rerun: figures of a partial run understate the load"]}
 
 
+def check_saturation(s, series, nodes, host_info, agents, win):
+    """Which part ran out of capacity: a gateway's event loop, the cross-node backends (their backlog,
+    their errors, their CPU), or a host's CPU (for hosts that are one machine, as in an nspawn lab, the
+    machine's, named once)."""
+    ev, parts = [], []
+    for n in nodes:
+        if (n.get("cpu_peak") or 0) >= LOOP_SATURATED:
+            parts.append(f"gateway {n['node']} (event loop)")
+            ev.append(f"gateway {n['node']}: process CPU {n['cpu_peak']:.0f}% of one core at peak, {n.get('cpu_mean') or 0:.0f}% "
+                      "mean: one process runs one event loop, so one core is its ceiling (add nodes or --processes)")
+    gateway_rows = {p["host"]: p for p in host_info["system_probes"] if p["probe"] == "metrics"}
+    for host, p in sorted(gateway_rows.items()):
+        before, after = p["before_summary"] or {}, p["after_summary"] or {}
+
+        def delta(key):
+            return (after.get(key) or 0) - (before.get(key) or 0)
+
+        refused = {k[8:]: delta(k) for k in after if k.startswith("refused:") and delta(k) > 0}
+        for stage, n in refused.items():
+            what = {"lookup": "the session registry (Redis)", "produce": "Kafka"}.get(stage, stage)
+            parts.append(f"{what} backlog on {host}")
+            ev.append(f"gateway {host}: {n:,.0f} cross-node sends refused at once: the {stage} backlog waiting for "
+                      f"{what} was full (cluster.route_backlog)")
+        backend_errors = {k[6:]: delta(k) for k in after if k.startswith("error:") and k[6:] in BACKENDS and delta(k) > 0}
+        for kind, n in backend_errors.items():
+            parts.append(f"{kind} (errors on {host})")
+            ev.append(f"gateway {host}: {n:,.0f} {kind} errors (timeouts of cluster.backend_timeout or failures)")
+        for key, what in (("kafka_produce_latency_mean_ms", "Kafka produce (acks=all) mean"),
+                          ("registry_lookup_latency_mean_ms", "registry lookup mean")):
+            if after.get(key) is not None and (refused or backend_errors or parts):
+                ev.append(f"gateway {host}: {what} {after[key]:.1f} ms over the gateway's life")
+    # the backends' own CPU (probes sample their processes), summed over their hosts
+    rows = host_info["rows"]
+    for part in (*BACKENDS, "agent"):
+        means = [r[f"{part}_cpu_percent_mean"] for r in rows if r.get(f"{part}_cpu_percent_mean") is not None]
+        peaks = [r[f"{part}_cpu_percent_max"] for r in rows if r.get(f"{part}_cpu_percent_max") is not None]
+        if means:
+            ev.append(f"{part}: {sum(means):.0f}% of one core on average over {len(means)} host(s), "
+                      f"peak {max(peaks):.0f}% on one host")
+    machine_of = {h: m for m in host_info.get("machines", []) for h in m["hosts"]}
+    seen = set()
+    for r in rows:
+        v = r.get("host_cpu_percent_max")
+        if v is None or v < HOST_SATURATED:
+            continue
+        m = machine_of.get(r["host"])
+        if m is None:
+            parts.append(f"host {r['host']} CPU")
+            ev.append(f"host {r['host']}: CPU peak {v:.0f}%")
+        elif tuple(m["hosts"]) not in seen:  # hosts of one machine (an nspawn lab) show the machine's CPU
+            seen.add(tuple(m["hosts"]))
+            parts.append(f"the CPU of the machine that {len(m['hosts'])} hosts share")
+            ev.append(f"{', '.join(m['hosts'])} are one machine; its CPU peaked at {v:.0f}% (all its cores)")
+    if not parts:
+        return None
+    severity = "fail" if not s.get("criteria_passed", True) else "warn"
+    return {"id": "saturation", "title": "Saturated: " + "; ".join(dict.fromkeys(parts)), "severity": severity,
+            "evidence": ev, "parts": list(dict.fromkeys(parts)),
+            "actions": ["Lower the load below the measured capacity, or add capacity to the part named first",
+                        "A gateway at one core: more nodes or --processes; Kafka/Redis backlog: check the brokers' and "
+                        "Redis's CPU and latency above; a machine at 100 %: the machine itself is the limit"]}
+
+
 CHECKS = (check_partial, check_connect_timeouts, check_connect_rejections, check_generator_limits, check_latency,
           check_leak, check_disconnects, check_heartbeat, check_messages, check_generators, check_shared_machine,
-          check_imbalance, check_skew)
+          check_imbalance, check_skew, check_saturation)
 
 
 def run_checks(summary, series, nodes, host_info, agents, win) -> dict:

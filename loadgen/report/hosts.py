@@ -96,6 +96,15 @@ def probe_summary(name: str, text: str) -> dict:
             m = re.match(r'im_gateway_disconnections_total\{.*reason="([^"]*)"', k)
             if m and v:
                 out[f"disconnect:{m.group(1)}"] = out.get(f"disconnect:{m.group(1)}", 0) + v
+            # cluster path: errors by kind, sends refused by a full backlog, messages still waiting
+            m = re.match(r'im_gateway_(errors_total|route_refused_total|route_pending)\{.*(?:kind|stage)="([^"]*)"', k)
+            if m and v:
+                key = {"errors_total": "error", "route_refused_total": "refused", "route_pending": "pending"}[m.group(1)]
+                out[f"{key}:{m.group(2)}"] = out.get(f"{key}:{m.group(2)}", 0) + v
+        for name in ("kafka_produce_latency_seconds", "registry_lookup_latency_seconds"):
+            n = total(f"im_gateway_{name}_count")
+            if n:
+                out[f"{name[:-8]}_mean_ms"] = 1000 * total(f"im_gateway_{name}_sum") / n
         return out
     if name in ("nstat", "netstat-s", "netstat"):
         out = {}
