@@ -40,6 +40,15 @@ HOST_PACKAGES = {  # command -> Debian package that provides it on the controlle
     "mvn": "maven",
 }
 CGROUP_HIERARCHIES = ("systemd", "unified")
+# The load of the lab's own cluster test, from the capacity measured on this project's 2-core machine with
+# the whole lab on it (docs/cluster-capacity.md): the 2 gateway nodes, 2 agents, 3 Kafka brokers, 3 etcd and
+# 3 Redis use ~1 core at 1,000 msg/s and saturate both cores near 2,000 msg/s (p99 0.7 s). Half of the load
+# that still passed (1,000 msg/s, p99 143 ms) leaves room for the machine's other users.
+LAB_DEFAULT_LOAD = {
+    "stages": ["10s:1000", "50s:1000", "5s:0"], "rate": 0.5,
+    "why": "ramp to 1,000 users in 10 s, hold 50 s, ramp down 5 s, 0.5 msg/s each = 500 msg/s across the two "
+           "gateway nodes (a quarter of the ~2,000 msg/s that saturates this 2-core machine, docs/cluster-capacity.md)",
+}
 # Sysctls that a container's network namespace refuses or lacks (RECIPE.md, measured): the lab
 # inventory acknowledges them so kernel_tuning reports them as refused instead of failing.
 LAB_REFUSED_SYSCTLS = [
@@ -412,9 +421,13 @@ gateway_managed_by: systemd
 im_gateway_gomaxprocs: 2
 im_gateway_gomemlimit: 1GiB
 """)
-    (inv / "group_vars" / "generators" / "lab.yml").write_text("""---
+    (inv / "group_vars" / "generators" / "lab.yml").write_text(f"""---
 loadgen_agent_bin: /opt/loadgen/venv/bin/loadgen
 loadgen_agent_workdir: /var/lib/loadgen
+# The lab's default cluster test (`fab cluster-test -i inventory/lab` with no load given), fleet totals:
+# {LAB_DEFAULT_LOAD['why']}
+loadgen_stages: {json.dumps(LAB_DEFAULT_LOAD['stages'])}
+loadgen_rate: {LAB_DEFAULT_LOAD['rate']}
 """)
 
 

@@ -231,6 +231,63 @@ def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, 
     assert any("connected_slaves:2" in p.read_text() for p in run_dir.glob("probes/infra*/after/redis-info.txt"))
 
 
+def lab_defaults(cfg: LabConfig) -> dict:
+    """The load `fab cluster-test -i inventory/lab` runs when given none (the lab inventory's loadgen_* vars)."""
+    return yaml.safe_load((cfg.inventory_dir / "group_vars" / "generators" / "lab.yml").read_text())
+
+
+def fab_defaults_run(cfg: LabConfig, reports: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`fab cluster-test -i inventory/lab` and nothing else but `extra`: the lab's default load and the spec's
+    criteria for the cluster scenario (latency and message success included)."""
+    r = run(_tool("fab"), "-r", str(REPO), "cluster-test", "-i", str(cfg.inventory_dir), "--reports-dir", str(reports),
+            *extra, timeout=600, env={"AUTH_TOKEN": lab_token(cfg)})
+    return r, json.loads((only_run(reports) / "summary.json").read_text())
+
+
+@pytest.mark.timeout(900)
+def test_the_lab_default_cluster_test_passes(lab, tmp_path):
+    """The lab's own cluster test at its default load (chosen below the measured capacity of this 2-core
+    machine, docs/cluster-capacity.md) passes every default criterion, with exact accounting and an even
+    split of the users over the two gateway nodes."""
+    defaults = lab_defaults(lab)
+    assert defaults["loadgen_stages"] and defaults["loadgen_rate"] > 0
+    r, summary = fab_defaults_run(lab, tmp_path / "reports")
+    findings = {f["id"]: f["evidence"] for f in summary["diagnostics"]["findings"]}
+    assert r.returncode == 0 and summary["status"] == "PASS", (summary["status"], summary["criteria"], findings,
+                                                                tail(r))
+    msgs = summary["messages"]
+    assert msgs["received"] + msgs["errors"] + msgs["lost"] == msgs["sent"] and msgs["lost"] == 0, msgs
+    assert msgs["sent"] >= 0.9 * summary["plan"]["offered_msgs_per_s"] * summary["plan"]["hold_s"], msgs
+    # the agents split users evenly over the nodes: the report's per-node figure must show it
+    assert summary["distribution"]["node_imbalance"] <= 1.1, summary["distribution"]
+    print(f"\nlab defaults {defaults['loadgen_stages']} x {defaults['loadgen_rate']} msg/s: PASS, p99 "
+          f"{summary['latency_ms']['p99']} ms, {msgs['sent']} sent", file=sys.stderr)
+
+
+@pytest.mark.timeout(900)
+def test_twice_the_default_load_passes_or_the_report_names_the_saturated_part(lab, tmp_path):
+    defaults = lab_defaults(lab)
+    rate = 2 * float(defaults["loadgen_rate"])
+    r, summary = fab_defaults_run(lab, tmp_path / "reports", "--rate", f"{rate:g}")
+    msgs = summary["messages"]
+    assert msgs["received"] + msgs["errors"] + msgs["lost"] == msgs["sent"], msgs  # accounted for, passed or not
+    findings = {f["id"]: f for f in summary["diagnostics"]["findings"]}
+    print(f"\n2x the lab default ({rate:g} msg/s per user): {summary['status']}, p99 {summary['latency_ms']['p99']} ms; "
+          f"saturation: {findings.get('saturation', {}).get('title')}", file=sys.stderr)
+    if summary["status"] == "PASS":
+        assert r.returncode == 0
+        return
+    assert r.returncode == 99, tail(r)
+    sat = findings.get("saturation")
+    assert sat is not None, {k: f["evidence"] for k, f in findings.items()}
+    assert sat["parts"] and sat["title"].startswith("Saturated: "), sat
+    # the named part is one the run measured: a gateway's event loop, a backend, or the machine's CPU
+    assert any(word in part for part in sat["parts"] for word in ("gateway", "kafka", "Kafka", "redis", "Redis",
+                                                                   "etcd", "CPU")), sat
+    html = (only_run(tmp_path / "reports") / "report.html").read_text()
+    assert sat["title"] in html or sat["title"].replace("&", "&amp;") in html
+
+
 @pytest.mark.timeout(900)
 def test_a_kafka_broker_stopped_mid_run_routing_continues(lab, tmp_path):
     proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "40s:400", "3s:0"])
