@@ -200,6 +200,9 @@ class Bus:
                 if producer is None:
                     done("producer not connected")
                     continue
+                if time.monotonic() - t0 > self.timeout_s:  # queued behind a stalled accumulator: answer now
+                    done("waited longer than the backend timeout for the producer")
+                    continue
                 try:
                     partition = self._topic_partitions.get(topic)
                     if partition is None:
