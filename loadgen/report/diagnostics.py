@@ -337,16 +337,22 @@ def check_saturation(s, series, nodes, host_info, agents, win):
             ev.append(f"{part}: {sum(means):.0f}% of one core on average over {len(means)} host(s), "
                       f"peak {max(peaks):.0f}% on one host")
     machine_of = {h: m for m in host_info.get("machines", []) for h in m["hosts"]}
+    sampled = [r for r in rows if r.get("host_cpu_percent_max") is not None]
+    hot = [r for r in sampled if r["host_cpu_percent_max"] >= HOST_SATURATED]
+    if len(sampled) > 1 and len(hot) == len(sampled) and not machine_of:
+        # nspawn containers have a boot_id each, so preflight cannot tell they are one machine; all hosts
+        # saturated at once is what that looks like
+        parts.append("every host's CPU (hosts that share one machine, as in a lab, show the machine's)")
+        ev.append("host CPU peaked at >= 95% on every host (" + ", ".join(
+            f"{r['host']} {r['host_cpu_percent_max']:.0f}%" for r in hot) + ")")
+        hot = []
     seen = set()
-    for r in rows:
-        v = r.get("host_cpu_percent_max")
-        if v is None or v < HOST_SATURATED:
-            continue
-        m = machine_of.get(r["host"])
+    for r in hot:
+        v, m = r["host_cpu_percent_max"], machine_of.get(r["host"])
         if m is None:
             parts.append(f"host {r['host']} CPU")
             ev.append(f"host {r['host']}: CPU peak {v:.0f}%")
-        elif tuple(m["hosts"]) not in seen:  # hosts of one machine (an nspawn lab) show the machine's CPU
+        elif tuple(m["hosts"]) not in seen:  # hosts of one machine show the machine's CPU: named once
             seen.add(tuple(m["hosts"]))
             parts.append(f"the CPU of the machine that {len(m['hosts'])} hosts share")
             ev.append(f"{', '.join(m['hosts'])} are one machine; its CPU peaked at {v:.0f}% (all its cores)")
