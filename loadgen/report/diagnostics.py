@@ -356,6 +356,8 @@ def check_saturation(s, series, nodes, host_info, agents, win):
             ev.append(f"host {r['host']}: CPU peak {v:.0f}%")
         elif tuple(m["hosts"]) not in seen:  # hosts of one machine show the machine's CPU: named once
             seen.add(tuple(m["hosts"]))
+            # its hosts sample it at different instants: its peak is their highest (as check_shared_machine says)
+            v = max(x["host_cpu_percent_max"] for x in hot if x["host"] in m["hosts"])
             parts.append(f"the CPU of the machine that {len(m['hosts'])} hosts share")
             ev.append(f"{', '.join(m['hosts'])} are one machine; its CPU peaked at {v:.0f}% (all its cores)")
     if not parts:
