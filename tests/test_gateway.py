@@ -91,10 +91,10 @@ def test_bad_frames_get_error_frames_and_connection_survives(gateway):
     async def go():
         async with connect(url(gateway, "carol"), additional_headers=auth()) as c:
             replies = []
-            for raw in ("{oops", '{"type":"send","id":1,"to":"nobody"}', b"\x00\x01binary", '{"type":"nope"}'):
+            for raw in ("{oops", '{"type":"send","id":1,"to":"nobody","ts":1,"body":""}', b"\x00\x01binary", '{"type":"nope"}'):
                 await c.send(raw)
                 replies.append(await recv_json(c))
-            await c.send(json.dumps({"type": "echo", "id": 1, "body": "still here"}))
+            await c.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "still here"}))
             replies.append(await recv_json(c))
             return replies
 
@@ -131,7 +131,7 @@ def test_abusers_are_closed_and_everyone_else_keeps_being_served(tmp_path):
                             await junk.send("not json")
                             await asyncio.wait_for(junk.recv(), 5)
                     codes["abuse"] = e.value.rcvd.code
-                await good.send(json.dumps({"type": "echo", "id": 1, "body": "ok"}))
+                await good.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "ok"}))
                 return codes, await recv_json(good)
 
         codes, reply = asyncio.run(go())
@@ -157,7 +157,7 @@ def test_sends_to_an_offline_user_are_errors_but_never_abuse(tmp_path):
                     codes.append((await recv_json(d))["code"])
                 await d.send("{oops")  # the bad frames still count: 1 of 5
                 codes.append((await recv_json(d))["code"])
-                await d.send(json.dumps({"type": "echo", "id": 1, "body": "still here"}))
+                await d.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "still here"}))
                 return codes, await recv_json(d)
 
         codes, reply = asyncio.run(go())
@@ -193,7 +193,7 @@ def test_slow_handshake_is_dropped_without_hurting_others(tmp_path):
 
         async def go():
             async with connect(url(gw, "fine"), additional_headers=auth()) as ws:
-                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "b"}))
+                await ws.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "b"}))
                 return await recv_json(ws)
 
         assert asyncio.run(go())["body"] == "b"
@@ -219,11 +219,73 @@ def test_newer_connection_of_same_user_replaces_older(gateway):
             async with connect(url(gateway, "dup"), additional_headers=auth()) as second:
                 with pytest.raises(ConnectionClosed) as e:
                     await asyncio.wait_for(first.recv(), 5)
-                await second.send(json.dumps({"type": "echo", "id": 1}))
+                await second.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": ""}))
                 return e.value.rcvd.code, await recv_json(second)
 
     code, reply = asyncio.run(go())
     assert code == 4000 and reply["type"] == "echo"
+    wait_for_metric(gateway, "im_gateway_active_connections", 0)  # both sessions gone: every count is final
+    text = gateway.metrics()
+    assert 'im_gateway_disconnections_total{node="test-gw",reason="replaced"} 1' in text  # once, not twice
+    assert 'im_gateway_disconnections_total{node="test-gw",reason="client"} 1' in text
+
+
+def wait_for_metric(gw, name, value, timeout=10.0):
+    deadline = time.time() + timeout
+    while metric(gw, name) != value and time.time() < deadline:
+        time.sleep(0.05)
+    assert metric(gw, name) == value
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_auth_scheme_is_case_insensitive(gateway, scheme):
+    async def go():
+        async with connect(url(gateway, "alice"), additional_headers={"Authorization": f"{scheme} {TOKEN}"}) as ws:
+            await ws.send(json.dumps({"type": "ping", "ts": 1}))
+            return await recv_json(ws)
+
+    assert asyncio.run(go()) == {"type": "pong", "ts": 1}
+
+
+@pytest.mark.parametrize("header", [f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}", "Bearer", f"Bearer {TOKEN}x"])
+def test_other_schemes_and_mangled_tokens_get_401(gateway, header):
+    async def go():
+        with pytest.raises(InvalidStatus) as err:
+            async with connect(url(gateway, "mallory"), additional_headers={"Authorization": header}):
+                pass
+        return err.value.response.status_code
+
+    assert asyncio.run(go()) == 401
+
+
+def test_no_error_series_before_an_error(gateway):
+    text = gateway.metrics()
+    assert "# TYPE im_gateway_errors_total counter" in text and "im_gateway_errors_total{" not in text
+
+
+def test_non_json_numbers_and_lone_surrogates_never_reach_another_user(gateway):
+    """NaN / Infinity / 1e400 / a lone surrogate in a send: refused to the sender, nothing written to the peer."""
+    hostile = ['{"type":"send","to":"bob","id":1,"ts":NaN,"body":"x"}',
+               '{"type":"send","to":"bob","id":2,"ts":Infinity,"body":"x"}',
+               '{"type":"send","to":"bob","id":3,"ts":-Infinity,"body":"x"}',
+               '{"type":"send","to":"bob","id":4,"ts":1e400,"body":"x"}',
+               '{"type":"send","to":"bob","id":5,"ts":1,"body":"\\ud800"}',
+               '{"type":"echo","id":6,"ts":1e400,"body":"x"}']
+
+    async def go():
+        async with connect(url(gateway, "alice"), additional_headers=auth()) as a, \
+                connect(url(gateway, "bob"), additional_headers=auth()) as b:
+            codes = []
+            for raw in hostile:
+                await a.send(raw)
+                reply = json.loads(await asyncio.wait_for(a.recv(), 5), parse_constant=lambda c: 1 / 0)
+                codes.append(reply["code"])
+            await a.send(json.dumps({"type": "send", "to": "bob", "id": 7, "ts": 7, "body": "fine"}))
+            return codes, await asyncio.wait_for(b.recv(), 5), await recv_json(a)
+
+    codes, first_to_bob, ack = asyncio.run(go())
+    assert codes == ["malformed"] * 3 + ["bad_field"] * 3
+    assert first_to_bob == '{"type":"msg","from":"alice","id":7,"ts":7,"body":"fine"}' and ack["id"] == 7
 
 
 def test_metrics_expose_the_spec_names(gateway):
@@ -305,7 +367,7 @@ def test_sigterm_closes_every_session_with_going_away_and_exits_0(tmp_path):
         async def go():
             clients = [await connect(url(gw, f"u{i}"), additional_headers=auth()) for i in range(5)]
             for ws in clients:
-                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "up"}))
+                await ws.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "up"}))
                 assert (await recv_json(ws))["body"] == "up"
             gw.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*(closed_with(ws) for ws in clients))
@@ -323,7 +385,7 @@ def test_client_that_never_answers_the_close_is_dropped_after_the_grace(tmp_path
 
         async def go():
             async with connect(url(gw, "polite"), additional_headers=auth()) as ws:
-                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "up"}))
+                await ws.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "up"}))
                 await recv_json(ws)
                 gw.proc.send_signal(signal.SIGTERM)
                 return await closed_with(ws)
@@ -373,7 +435,7 @@ def test_processes_2_every_child_closes_its_sessions(tmp_path):
             # SO_REUSEPORT spreads connections by hash: connect until both processes hold sessions
             while len(clients) < 64:
                 ws = await connect(url(gw, f"u{len(clients)}"), additional_headers=auth())
-                await ws.send(json.dumps({"type": "echo", "id": 1, "body": "up"}))
+                await ws.send(json.dumps({"type": "echo", "id": 1, "ts": 1, "body": "up"}))
                 await recv_json(ws)
                 clients.append(ws)
                 if len(clients) >= 4 and all([await asyncio.to_thread(poll_metric, active, i) for i in (0, 1)]):

@@ -43,6 +43,24 @@ BAD = [
     (b"[1,2]", "malformed"),
     (b'"str"', "malformed"),
     (b'{"type":"launch"}', "unknown_type"),
+    (b'{"id":1,"ts":1,"body":""}', "bad_field"),  # no type: a missing field, not an unknown type
+    (b'{"type":7,"id":1,"ts":1,"body":""}', "bad_field"),
+    (b'{"type":"echo","id":1,"body":"x"}', "bad_field"),  # no ts
+    (b'{"type":"echo","id":1,"ts":null,"body":"x"}', "bad_field"),
+    (b'{"type":"echo","id":1,"ts":1}', "bad_field"),  # no body
+    (b'{"type":"send","to":"bob","id":1,"ts":1}', "bad_field"),
+    (b'{"type":"send","to":"bob","id":1,"body":""}', "bad_field"),
+    (b'{"type":"ping"}', "bad_field"),
+    (b'{"type":"echo","id":1,"ts":1e400,"body":""}', "bad_field"),  # parses to inf: not writable as JSON
+    (b'{"type":"echo","id":1,"ts":-1e400,"body":""}', "bad_field"),
+    (b'{"type":"echo","id":1,"ts":NaN,"body":""}', "malformed"),  # not JSON at all
+    (b'{"type":"echo","id":1,"ts":Infinity,"body":""}', "malformed"),
+    (b'{"type":"echo","id":1,"ts":-Infinity,"body":""}', "malformed"),
+    (b'{"type":"ping","ts":1,"x":NaN}', "malformed"),
+    (b'{"type":"echo","id":1,"ts":1,"body":"a\\ud800b"}', "bad_field"),  # a lone surrogate: not Unicode
+    (b'{"type":"echo","id":1,"ts":1,"body":"\\udfff"}', "bad_field"),
+    (b'{"type":"echo","id":"\\ud83d","ts":1,"body":""}', "bad_field"),
+    (b'{"type":"send","to":"bob","id":1,"ts":1,"body":"\\uDC00"}', "bad_field"),
     (b'{"type":"send","id":1,"to":"bad id!"}', "bad_field"),
     (b'{"type":"send","to":"bob"}', "bad_field"),
     (b'{"type":"send","id":1.5,"to":"bob"}', "bad_field"),
@@ -59,19 +77,39 @@ def test_bad_frames_become_counted_errors():
         result = protocol.parse_client_frame(raw)
         assert isinstance(result, protocol.ProtocolError), raw[:40]
         assert result.kind == kind, raw[:40]
+        json.loads(protocol.error_frame(result.kind, result.detail, result.id))  # the answer is JSON, always
+
+
+def test_a_surrogate_pair_is_unicode_and_written_back_as_utf8():
+    cmd = protocol.parse_client_frame(b'{"type":"echo","id":1,"ts":1,"body":"\\ud83d\\ude00"}')
+    assert cmd.body == "\U0001F600"
+    assert protocol.echo_frame(cmd) == '{"type":"echo","id":1,"ts":1,"body":"\U0001F600"}'.encode()
+
+
+def test_what_is_accepted_is_written_back_as_strict_json():
+    strict = json.JSONDecoder(parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    for raw in (b'{"type":"echo","id":1,"ts":1e300,"body":""}', b'{"type":"echo","id":1,"ts":-0.0,"body":""}',
+                b'{"type":"ping","ts":123456789012345678901234567890}'):
+        cmd = protocol.parse_client_frame(raw)
+        out = protocol.echo_frame(cmd) if cmd.type == "echo" else protocol.pong_frame(cmd)
+        assert strict.decode(out.decode())["ts"] == json.loads(raw)["ts"]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
+                              | st.text(st.characters(exclude_categories=()), max_size=20),  # lone surrogates too
                               lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
                                   ["type", "to", "id", "ts", "body", "x"]), c, max_size=5), max_leaves=10)
                  .map(lambda o: json.dumps(o).encode())))
 def test_parser_never_raises_on_hostile_input(raw):
     result = protocol.parse_client_frame(raw)
     assert isinstance(result, (protocol.Command, protocol.ProtocolError))
-    if isinstance(result, protocol.Command):  # anything accepted can be answered
-        protocol.deliver_frame("u", result) if result.type == "send" else protocol.pong_frame(result)
+    if isinstance(result, protocol.Command):  # anything accepted can be answered, in JSON
+        out = protocol.deliver_frame("u", result) if result.type == "send" else protocol.pong_frame(result)
+        json.loads(out, parse_constant=lambda c: 1 / 0)
+    else:
+        json.loads(protocol.error_frame(result.kind, result.detail, result.id))
 
 
 def test_guard_allows_burst_then_refuses_flood_and_bad_frames():

@@ -76,8 +76,6 @@ class GatewayMetrics:
             "# TYPE im_gateway_errors_total counter",
         ]
         lines += [f'im_gateway_errors_total{{{node},kind="{k}"}} {v}' for k, v in sorted(self.errors.items())]
-        if not self.errors:
-            lines.append(f'im_gateway_errors_total{{{node},kind="none"}} 0')
         lines += ["# HELP im_gateway_message_latency Seconds from a frame's arrival to its delivery write.",
                   "# TYPE im_gateway_message_latency histogram"]
         lines += self.latency.exposition("im_gateway_message_latency")

@@ -8,6 +8,7 @@ the gateway counts in im_gateway_errors_total{kind=...}.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -42,32 +43,57 @@ def valid_user_id(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number the gateway can write back as JSON: 1e400 parses to inf, which json.dumps would write
+    as the non-JSON `Infinity`."""
+    if isinstance(value, int):
+        return not isinstance(value, bool)
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _refuse_constant(name: str):
+    """json.loads accepts NaN, Infinity and -Infinity by default; they are not JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # left by a \uXXXX escape without its pair: not Unicode
+
+
+def _unicode(value) -> bool:
+    return not isinstance(value, str) or LONE_SURROGATE.search(value) is None
 
 
 def parse_client_frame(payload: bytes | str) -> Command | ProtocolError:
     try:
-        obj = json.loads(payload)
+        obj = _DECODER.decode(payload if isinstance(payload, str) else payload.decode())
     except (ValueError, UnicodeDecodeError, RecursionError):
         return ProtocolError("malformed", "not valid JSON")
     if not isinstance(obj, dict):
         return ProtocolError("malformed", "frame must be a JSON object")
+    # a lone surrogate can only come from a \u escape: strings are checked only when the frame has one
+    escaped = (b"\\u" in payload) if isinstance(payload, bytes) else ("\\u" in payload)
     msg_id = obj.get("id")
     if msg_id is not None and not (isinstance(msg_id, str) or (isinstance(msg_id, int) and not isinstance(msg_id, bool))):
         return ProtocolError("bad_field", "id must be a string or an integer")
+    if escaped and not _unicode(msg_id):
+        return ProtocolError("bad_field", "id is not valid Unicode (lone surrogate)")
     kind = obj.get("type")
+    if not isinstance(kind, str):
+        return ProtocolError("bad_field", "type missing" if kind is None else "type must be a string", msg_id)
     if kind not in COMMANDS:
-        return ProtocolError("unknown_type", f"unknown type {str(kind)[:40]!r}", msg_id)
+        return ProtocolError("unknown_type", f"unknown type {kind[:40]!r}", msg_id)
     ts = obj.get("ts")
-    if ts is not None and not _is_number(ts):
-        return ProtocolError("bad_field", "ts must be a number", msg_id)
-    body = obj.get("body", "")
-    if not isinstance(body, str):
-        return ProtocolError("bad_field", "body must be a string", msg_id)
+    if not _is_number(ts):
+        return ProtocolError("bad_field", "ts missing" if ts is None else "ts must be a finite number", msg_id)
     if kind == "ping":
         return Command("ping", ts=ts)
     if msg_id is None:
         return ProtocolError("bad_field", f"{kind} needs an id", None)
+    body = obj.get("body")
+    if not isinstance(body, str):
+        return ProtocolError("bad_field", "body missing" if body is None else "body must be a string", msg_id)
+    if escaped and not _unicode(body):
+        return ProtocolError("bad_field", "body is not valid Unicode (lone surrogate)", msg_id)
     if kind == "echo":
         return Command("echo", id=msg_id, ts=ts, body=body)
     to = obj.get("to")

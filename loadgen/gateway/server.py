@@ -32,7 +32,7 @@ PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
 class Gateway:
     def __init__(self, config: GatewayConfig, token: str, node_id: str, router: Router | None = None) -> None:
         self.config = config
-        self._token = ("Bearer " + token).encode()
+        self._token = token.encode()
         self.node_id = node_id
         self.router = router or LocalRouter()
         self.metrics = GatewayMetrics(node_id)
@@ -47,9 +47,13 @@ class Gateway:
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_error_response(status, reason.encode() + b"\n"), None)
 
+    def _authorized(self, header: str) -> bool:
+        """`Bearer <token>`; the scheme is case-insensitive (RFC 9110 11.1), the token compared in constant time."""
+        scheme, _, credentials = header.strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token)
+
     def listener_factory(self, request: WSUpgradeRequest):
-        auth = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(auth.encode(), self._token):
+        if not self._authorized(request.headers.get("Authorization", "")):
             return self._reject(401, "rejected_auth", "missing or wrong bearer token")
         parts = urlsplit(request.path.decode("latin-1"))
         if parts.path != "/ws":
@@ -199,7 +203,7 @@ class GatewaySession(SessionLogic, WSListener):
                 pass
 
     def replaced(self) -> None:
-        self.gw.metrics.count(self.gw.metrics.disconnections, "replaced")
+        # counted once, as the disconnection's reason, when the socket goes (on_ws_disconnected)
         self.abort("replaced", CLOSE_REPLACED, count=False)
 
     def pause_writing(self) -> None:
