@@ -58,6 +58,9 @@ def _run_parser(sub) -> None:
                    help="peer mode: a planned close (ramp-down, end) first stops the user's and its partner's "
                         "sends until every message to and from it has arrived or been answered, at most this "
                         "long (default 10s; 0: close at once)")
+    p.add_argument("--traffic", metavar="NAME|FILE",
+                   help="traffic model: constant, chat-mix, or a YAML file with a traffic: section (docs/traffic.md)")
+    p.add_argument("--seed", help="seed of the traffic model's draws: the same seed, the same schedule (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")
     p.add_argument("--closed-loop", action="store_true",
                    help="echo as fast as replies come, one in flight per connection (k6-style benchmark; "

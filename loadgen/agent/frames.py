@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 
-MSG, ECHO, ACK, PONG, ERROR, OTHER = range(6)
+MSG, ECHO, ACK, PONG, ERROR, OTHER, GMSG = range(7)
 _PREFIXES = ((b'{"type":"msg"', MSG), (b'{"type":"echo"', ECHO), (b'{"type":"ack"', ACK),
-             (b'{"type":"pong"', PONG), (b'{"type":"error"', ERROR))
+             (b'{"type":"pong"', PONG), (b'{"type":"error"', ERROR), (b'{"type":"gmsg"', GMSG))
 ECHO_PREFIX = b'{"type":"echo"'
-_TYPES = {"msg": MSG, "echo": ECHO, "ack": ACK, "pong": PONG, "error": ERROR}
+_TYPES = {"msg": MSG, "echo": ECHO, "ack": ACK, "pong": PONG, "error": ERROR, "gmsg": GMSG}
 
 
 def make_body(size: int) -> bytes:
@@ -22,6 +22,27 @@ def make_body(size: int) -> bytes:
 
 def send_frame(to_user: bytes, seq: int, scheduled_ns: int, body: bytes) -> bytes:
     return b'{"type":"send","to":"%s","id":%d,"ts":%d,"body":"%s"}' % (to_user, seq, scheduled_ns, body)
+
+
+def gsend_frame(group: bytes, seq: int, scheduled_ns: int, body: bytes) -> bytes:
+    """A message to every other member of a group (the gateway acks it with n = members addressed)."""
+    return b'{"type":"gsend","group":"%s","id":%d,"ts":%d,"body":"%s"}' % (group, seq, scheduled_ns, body)
+
+
+def int_field(payload: bytes, key: bytes) -> int | None:
+    """The integer after `key` (e.g. b'"id":') in a server frame, or None (absent, null or not a number)."""
+    i = payload.find(key)
+    if i < 0:
+        return None
+    i += len(key)
+    j = i
+    end = len(payload)
+    while j < end and payload[j] not in b",}":
+        j += 1
+    try:
+        return int(payload[i:j])
+    except ValueError:
+        return None
 
 
 def echo_frame(seq: int, scheduled_ns: int, body: bytes) -> bytes:
@@ -36,7 +57,7 @@ def classify(payload: bytes) -> tuple[int, int | None]:
     """(frame kind, 'ts' integer or None) of a server frame."""
     for prefix, kind in _PREFIXES:
         if payload.startswith(prefix):
-            if kind == MSG or kind == ECHO:
+            if kind == MSG or kind == ECHO or kind == GMSG:
                 i = payload.find(b'"ts":')
                 if i >= 0:
                     j = payload.find(b",", i)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from loadgen.results import bytype
 from loadgen.results import histogram as hdr
 from loadgen.results.columns import COUNTERS, FAIL_REASONS
 
@@ -10,9 +11,11 @@ from loadgen.results.columns import COUNTERS, FAIL_REASONS
 class Interval:
     """Counters and histograms since the last flush. Attributes are the counter names."""
 
-    __slots__ = COUNTERS + ("latency", "connect", "session")
+    __slots__ = COUNTERS + ("latency", "connect", "session", "types", "by_type")
 
-    def __init__(self) -> None:
+    def __init__(self, types: list[str] | None = None) -> None:
+        """types: the traffic model's message type names (None: no per-type measurement)."""
+        self.types = types
         self.reset()
 
     def reset(self) -> None:
@@ -21,6 +24,7 @@ class Interval:
         self.latency = hdr.Recorder()  # counted per value, encoded as HdrHistogram at flush
         self.connect = hdr.Recorder()
         self.session = hdr.Recorder()
+        self.by_type = [bytype.new_counts() for _ in self.types] if self.types else None
 
     def fail(self, reason: str) -> None:
         name = "fail_" + (reason if reason in FAIL_REASONS else "other")
@@ -34,4 +38,5 @@ class Interval:
         row["latency_hdr"] = hdr.encode(self.latency)
         row["connect_hdr"] = hdr.encode(self.connect)
         row["session_hdr"] = hdr.encode(self.session)
+        row["by_type"] = bytype.encode(self.types, self.by_type) if self.types else ""
         return row

@@ -20,7 +20,7 @@ from loadgen.agent import gateway_scrape, pairs
 from loadgen.agent.worker import Worker, classify_connect_error, event_loop_runner, tune_gc, worker_main
 from loadgen.errors import EXIT_FAILURE, LoadgenError, UsageError
 from loadgen.plan.runplan import stages_to_json
-from loadgen.results import figures, gateway
+from loadgen.results import bytype, figures, gateway
 from loadgen.results import histogram as hdr
 from loadgen.results.columns import COLUMNS, COUNTERS, GATEWAY_COLUMNS
 from loadgen.results.text import print_summary
@@ -82,8 +82,10 @@ class Totals:
         self.first_ts = None
         self.last_ts = None
         self.peak_active: dict[int, int] = {}
+        self.types = bytype.TypeTotals()
 
     def add(self, row: dict) -> None:
+        self.types.add(row.get("by_type"))
         for name in COUNTERS:
             self.counts[name] += row[name]
         hdr.merge_encoded(self.latency, row["latency_hdr"])
@@ -108,14 +110,17 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
     connections = figures.connection_figures(c)
     connections["peak_active"] = sum(totals.peak_active.values())
     seconds = totals.last_ts - totals.first_ts + 1 if totals.first_ts is not None else 0.0
+    model = getattr(plan, "traffic_model", None)
+    by_type = totals.types.figures(model.names, model.weights()) if model is not None else {}
     messages = figures.message_figures(
-        c, figures.throughput_per_s(totals.hold.values(), c["msgs_received"], seconds))
+        c, figures.throughput_per_s(totals.hold.values(), c["msgs_received"], seconds),
+        sum(f["owed"] for f in by_type.values()) if model is not None else None)
     connect = hdr.percentiles_ms(totals.connect)
     latency = hdr.percentiles_ms(totals.latency)
     session = hdr.percentiles_ms(totals.session)
     gateway_figures = gateway.scraped_figures(gateway_rows, tuple(totals.hold_span) if totals.hold_span else None)
     rows = evaluate(plan.criteria, figures.criteria_metrics(connections, messages, connect, latency, session,
-                                                            gateway_figures))
+                                                            gateway_figures) | bytype.criteria_metrics(by_type))
     problems = []
     if facts["stopped_by"]:
         problems.append(f"stopped early: {facts['stopped_by']}")
@@ -134,11 +139,13 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
                  "hold_s": plan.hold_s, "total_s": plan.total_s,
                  "rate_per_user": plan.rate, "message_size": plan.message_size, "mode": plan.mode,
                  "endpoints": [f"{h}:{p}" for h, p in plan.endpoints], "workers": plan.workers,
-                 "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_msgs_per_s},
+                 "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_msgs_per_s,
+                 "traffic": plan.traffic["name"] if plan.traffic else "constant", "seed": plan.seed},
         "connections": connections,
         "connect_ms": connect,
         "messages": messages,
         "latency_ms": latency,
+        "by_type": by_type,
         "session_s": figures.session_seconds(session),
         "gateway": gateway_figures,
         "histograms": {"latency": hdr.encode(totals.latency), "connect": hdr.encode(totals.connect),

@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import time
+from array import array
 
 import picows
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
@@ -28,6 +29,10 @@ from loadgen.agent.interval import Interval
 from loadgen.agent.pairs import PairLatency, node_index
 from loadgen.agent.schedule import OpenSchedule
 from loadgen.agent.slots import OPEN, Slots
+from loadgen.traffic import groups as traffic_groups
+from loadgen.traffic import keyed
+from loadgen.traffic.model import TYPE_BITS
+from loadgen.traffic.schedule import TrafficSchedule
 
 TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
 # Per-connection memory (bench/README.md): picows' smallest read buffer (it grows by itself for bigger
@@ -241,13 +246,17 @@ class Worker:
         self.pending_in, self.pending_out = self.slots.pending_in, self.slots.pending_out
         self.body = frames.make_body(plan.message_size)
         self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
+        self.model = getattr(plan, "traffic_model", None)  # None: today's constant traffic
+        self.group_of = None
+        if self.model is not None:
+            self._init_traffic(plan, n)
         # Heartbeats: a cursor sweeps the slots once per heartbeat period, so a connection costs no
         # schedule entry (~200 B each in a heap); each open connection is pinged once per period.
         self.beat_period_ns = int(plan.heartbeat_s * 1e9)
         self.beat_pos = 0.0
         self.beat_last_ns = 0
         self.seq = 0
-        self.iv = Interval()
+        self.iv = Interval(self.model.names if self.model is not None else None)
         self.stopping = False
         self.sending = True
         self.totals_sent = 0
@@ -257,11 +266,31 @@ class Worker:
         self.pairs = (PairLatency(plan.endpoints, plan.pairing, index)
                       if plan.pairing == "cross-node" and len(plan.endpoints) > 1 else None)
 
+    def _init_traffic(self, plan, n: int) -> None:
+        """A traffic model's per-worker state: user keys, groups, the typed schedule and receive path."""
+        model = self.model
+        self.keys = array("Q", (keyed.user_key(plan.seed, self.uid_prefix + str(s)) for s in range(n)))
+        group_of, _sizes = traffic_groups.assign(n, model.groups, keyed.user_key(plan.seed, self.uid_prefix))
+        self.group_of = group_of if model.groups is not None else None
+        in_group = bytearray(1 if g >= 0 else 0 for g in group_of) if model.groups is not None else None
+        self.sends = TrafficSchedule(model, plan.rate, self.keys, 0, in_group)
+        self.body = frames.make_body(model.max_size)
+        self.type_to_group = [t.to == "group" for t in model.types]
+        self.on_text = self.on_text_typed
+        self.totals_owed = 0  # deliveries owed (loadgen.results.bytype), for the drain's in-flight check
+        self.group_unanswered = 0  # group messages neither acked nor refused yet
+
+    def group_name(self, group: int) -> str:
+        return f"{self.uid_prefix}g{group}"
+
     def url(self, slot: int) -> str:
         """Computed per connect rather than stored: an idle slot costs no string."""
         bases = self.url_bases
         # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
-        return bases[node_index(self.plan.pairing, slot, self.index, len(bases))] + self.uid_prefix + str(slot)
+        url = bases[node_index(self.plan.pairing, slot, self.index, len(bases))] + self.uid_prefix + str(slot)
+        if self.group_of is not None and self.group_of[slot] >= 0:
+            url += "&groups=" + self.group_name(self.group_of[slot])  # joined at login
+        return url
 
     def local_ip(self, slot: int):
         ips = self.plan.local_ips
@@ -292,6 +321,65 @@ class Worker:
         elif kind == frames.ERROR:
             iv.msgs_errors += 1
             self.totals_errors += 1
+            if pending_out is not None and slot >= 0:  # a refused send: to the partner, not received
+                if pending_out[slot]:
+                    pending_out[slot] -= 1
+                peer = self.slots.peer_of(slot)
+                if pending_in[peer]:
+                    pending_in[peer] -= 1
+        return kind
+
+    def on_text_typed(self, payload: bytes, slot: int = -1) -> int:
+        """The receive path under a traffic model: the message's type is the low bits of its id (the agent
+        chooses ids; every protocol that echoes the id carries it), counted per type (loadgen.results.bytype)."""
+        iv = self.iv
+        iv.bytes_received += len(payload)
+        kind, ts = frames.classify(payload)
+        by_type = iv.by_type
+        if kind == frames.MSG or kind == frames.GMSG:
+            iv.msgs_received += 1
+            self.totals_received += 1
+            mid = frames.int_field(payload, b'"id":')
+            c = by_type[mid & 7] if mid is not None and (mid & 7) < len(by_type) else None
+            if c is not None:
+                c[2] += 1
+            if ts is not None:
+                us = (time.monotonic_ns() - ts) // 1000
+                iv.latency.record(us)
+                if c is not None:
+                    c[5].record(us)
+                if self.pairs is not None and kind == frames.MSG:
+                    self.pairs.record(slot, us)
+            if kind == frames.MSG and self.pending_in is not None and slot >= 0 and self.pending_in[slot]:
+                self.pending_in[slot] -= 1
+        elif kind == frames.ACK:
+            iv.msgs_acked += 1
+            mid = frames.int_field(payload, b'"id":')
+            t = mid & 7 if mid is not None else -1
+            if 0 <= t < len(by_type):
+                by_type[t][3] += 1
+                if self.type_to_group[t]:
+                    n = frames.int_field(payload, b'"n":') or 0
+                    by_type[t][1] += n
+                    self.totals_owed += n
+                    self.group_unanswered -= 1
+                elif self.pending_out is not None and slot >= 0 and self.pending_out[slot]:
+                    self.pending_out[slot] -= 1
+        elif kind == frames.PONG:
+            iv.pongs += 1
+        elif kind == frames.ERROR:
+            iv.msgs_errors += 1
+            self.totals_errors += 1
+            mid = frames.int_field(payload, b'"id":')
+            t = mid & 7 if mid is not None else -1
+            if 0 <= t < len(by_type):
+                by_type[t][4] += 1
+                if self.type_to_group[t]:  # a refused group message: owed once, refused once
+                    by_type[t][1] += 1
+                    self.totals_owed += 1
+                    self.group_unanswered -= 1
+                    return kind
+            pending_in, pending_out = self.pending_in, self.pending_out
             if pending_out is not None and slot >= 0:  # a refused send: to the partner, not received
                 if pending_out[slot]:
                     pending_out[slot] -= 1
@@ -383,6 +471,9 @@ class Worker:
 
     # --- send path ---------------------------------------------------------------------------------
     def fire_sends(self, now_ns: int) -> None:
+        if self.model is not None:
+            self.fire_typed(now_ns)
+            return
         slots = self.slots
         iv, state, conns, body, peer_of = self.iv, slots.state, slots.conns, self.body, slots.peer_of
         peer_mode = self.plan.mode == "peer"
@@ -406,6 +497,42 @@ class Worker:
             else:
                 data = frames.echo_frame(self.seq, scheduled, body)
             conns[slot].transport.send(WSMsgType.TEXT, data)
+            iv.msgs_sent += 1
+            iv.bytes_sent += len(data)
+            self.totals_sent += 1
+        self.fire_beats(now_ns)
+
+    def fire_typed(self, now_ns: int) -> None:
+        """fire_sends under a traffic model: each due send has its type (in the id's low bits) and size."""
+        slots = self.slots
+        iv, state, conns, body, peer_of = self.iv, slots.state, slots.conns, self.body, slots.peer_of
+        quiescing, pending_in, pending_out = slots.quiescing, self.pending_in, self.pending_out
+        by_type, to_group, group_of = iv.by_type, self.type_to_group, self.group_of
+        for slot, scheduled, kind, size in self.sends.due(now_ns):
+            if state[slot] != OPEN:
+                iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
+                continue
+            if conns[slot].planned or slot in quiescing:
+                continue  # closing as planned: its schedule ends here
+            self.seq += 1
+            mid = self.seq << TYPE_BITS | kind
+            c = by_type[kind]
+            if to_group[kind]:
+                data = frames.gsend_frame(self.group_name(group_of[slot]).encode(), mid, scheduled, body[:size])
+                self.group_unanswered += 1
+            else:
+                peer = peer_of(slot)
+                if state[peer] != OPEN or conns[peer].planned or peer in quiescing:
+                    iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
+                    continue
+                data = frames.send_frame((self.uid_prefix + str(peer)).encode(), mid, scheduled, body[:size])
+                c[1] += 1
+                self.totals_owed += 1
+                if pending_in is not None:
+                    pending_in[peer] += 1
+                    pending_out[slot] += 1
+            conns[slot].transport.send(WSMsgType.TEXT, data)
+            c[0] += 1
             iv.msgs_sent += 1
             iv.bytes_sent += len(data)
             self.totals_sent += 1
@@ -436,8 +563,11 @@ class Worker:
             self.echo_stats.drain_into(self.iv, self)
 
     def in_flight(self) -> bool:
-        """Messages sent and neither received nor answered with an error yet."""
+        """Messages sent and neither received nor answered with an error yet (under a traffic model: owed
+        deliveries not yet received or refused, or group messages not yet acked)."""
         self.sync()
+        if self.model is not None:
+            return self.totals_received + self.totals_errors < self.totals_owed or self.group_unanswered > 0
         return self.totals_received + self.totals_errors < self.totals_sent
 
     def flush(self, t0_ns: int, phase: str, target: int) -> None:
@@ -472,6 +602,8 @@ class Worker:
         started = time.time()
         self.emit(("started", self.index, started))
         t0 = time.monotonic_ns()
+        if self.model is not None:
+            self.sends.t0_ns = t0  # bursts and the spike are timed from the run's start
         next_flush = t0 + 1_000_000_000
         next_quiet_check = t0
         profile = self.profile

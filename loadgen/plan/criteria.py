@@ -40,6 +40,25 @@ LABELS = {
     "gateway_rss_growth_bytes_per_min": "Gateway RSS growth during hold (bytes/min, leak check)",
 }
 
+# Criteria that may name a traffic model's message type: 'message_p99_ms{type=group}<500' (docs/traffic.md)
+TYPED = ("message_p99_ms", "message_success_rate")
+_TYPED_NAME = re.compile(r"([a-z0-9_]+)\{type=([A-Za-z0-9_-]+)\}")
+
+
+def split_type(name: str) -> tuple[str, str | None]:
+    """'message_p99_ms{type=group}' -> ('message_p99_ms', 'group'); a plain name -> (name, None)."""
+    m = _TYPED_NAME.fullmatch(name)
+    return (m.group(1), m.group(2)) if m else (name, None)
+
+
+def label_of(name: str) -> str | None:
+    """The human label of a criterion name (typed names too), or None for an unknown name."""
+    base, kind = split_type(name)
+    if base not in LABELS or (kind is not None and base not in TYPED):
+        return None
+    return LABELS[base] if kind is None else f"{LABELS[base]}, type {kind}"
+
+
 # Leak threshold: RSS growing faster than this during a steady hold is reported as a suspected leak.
 LEAK_BYTES_PER_MIN = 1_048_576
 
@@ -74,7 +93,7 @@ def default_criteria(scenario: str, *, hold_s: float, offered_per_s: float) -> l
     ]
 
 
-_OVERRIDE = re.compile(r"\s*([a-z0-9_]+)\s*([<>])\s*([-+0-9.eE]+)\s*")
+_OVERRIDE = re.compile(r"\s*([a-z0-9_]+(?:\{type=[A-Za-z0-9_-]+\})?)\s*([<>])\s*([-+0-9.eE]+)\s*")
 
 
 def apply_overrides(criteria: list[Criterion], overrides: list[str]) -> list[Criterion]:
@@ -86,15 +105,15 @@ def apply_overrides(criteria: list[Criterion], overrides: list[str]) -> list[Cri
             del by_name[name.strip()]
             continue
         m = _OVERRIDE.fullmatch(text)
-        if not m or m.group(1) not in LABELS:
+        if not m or label_of(m.group(1)) is None:
             raise UsageError(
                 f"criterion {text!r} must be NAME<VALUE, NAME>VALUE or NAME=off with NAME one of: "
-                + ", ".join(LABELS))
+                + ", ".join(LABELS) + " (" + " and ".join(TYPED) + " also as NAME{type=TYPE})")
         try:
             target = float(m.group(3))
         except ValueError:
             raise UsageError(f"criterion {text!r}: {m.group(3)!r} is not a number") from None
-        by_name[m.group(1)] = Criterion(m.group(1), m.group(2), target, LABELS[m.group(1)])
+        by_name[m.group(1)] = Criterion(m.group(1), m.group(2), target, label_of(m.group(1)))
     return list(by_name.values())
 
 

@@ -27,7 +27,7 @@ DEFAULTS = {
 PLAN_FLAGS = ("vus", "duration", "stage", "rate", "gateways", "start_at", "workers", "local_ips", "agent_id",
               "heartbeat_interval", "connect_timeout", "max_connecting", "criterion", "gateway_metrics",
               "heartbeat_file", "deadman_timeout", "reconnect", "backoff_base", "backoff_cap", "pairing",
-              "close_quiesce", "closed_loop")
+              "close_quiesce", "closed_loop", "traffic", "seed")
 
 
 def parse_env_overrides(pairs: list[str]) -> dict:
@@ -80,6 +80,21 @@ def choose_stages(stage_texts: list[str], vus, duration, *, default_stages, defa
                        vus_name)
 
 
+def traffic_arg(name_or_file, scenario: str) -> dict | None:
+    """--traffic NAME|FILE as the plan's traffic dict; 'constant' (and no --traffic) is today's behaviour: None."""
+    from loadgen.traffic.model import load
+
+    if name_or_file is None:
+        name_or_file = DEFAULT_TRAFFIC.get(scenario, "constant")
+    if name_or_file == "constant":
+        return None
+    return load(name_or_file).to_dict()
+
+
+# The traffic model of each scenario when --traffic is not given (docs/traffic.md)
+DEFAULT_TRAFFIC = {"connection": "constant", "throughput": "constant", "cluster": "constant"}
+
+
 def plan_from_args(args, env: dict) -> RunPlan:
     """args: `loadgen run`'s parsed flags; env: ENV_KEYS from the environment with -e overrides applied."""
     if args.scenario not in SCENARIOS:
@@ -111,6 +126,11 @@ def plan_from_args(args, env: dict) -> RunPlan:
             given[name] = parse_duration(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.max_connecting is not None:
         given["max_connecting"] = parse_int(args.max_connecting, "--max-connecting")
+    traffic = traffic_arg(getattr(args, "traffic", None), args.scenario)
+    if traffic is not None:
+        given["traffic"] = traffic
+    if getattr(args, "seed", None) is not None:
+        given["seed"] = parse_int(args.seed, "--seed")
     for name in ("pairing", "reconnect"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)

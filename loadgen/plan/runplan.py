@@ -111,6 +111,8 @@ class RunPlan(Load):
     deadman_s: float = 60.0
     gateway_metrics: list[str] = field(default_factory=list)
     closed_loop: bool = False  # echo, one in flight per connection: latency per round trip (bench/README.md)
+    traffic: dict | None = None  # the traffic model (loadgen.traffic.model, docs/traffic.md); None: constant
+    seed: int = 0  # keys every draw of the traffic model: the same seed gives the same schedule
     # Where this run happens, not what it is: never written to plan.json (the token travels only by
     # environment or mode-600 file).
     token: str = field(default="", repr=False, compare=False, metadata={"local": True})
@@ -145,6 +147,42 @@ class RunPlan(Load):
             raise UsageError("--deadman-timeout must be longer than 0s")
         if self.backoff_base_s > self.backoff_cap_s:
             raise UsageError("--backoff-base must not be larger than --backoff-cap")
+        check_range(self.seed, "--seed", 0, 2**63 - 1)
+        self._check_traffic()
+
+    def _check_traffic(self) -> None:
+        """The model is parsed and checked here, once; plan.json carries its canonical dict."""
+        from loadgen.traffic.model import TrafficModel
+
+        self._traffic_model = None
+        typed = [(c.name, crit.split_type(c.name)[1]) for c in self.criteria if crit.split_type(c.name)[1]]
+        if self.traffic is None:
+            if typed:
+                raise UsageError(f"criterion {typed[0][0]} names a message type, but the plan has no traffic model "
+                                 "(--traffic)")
+            return
+        model = TrafficModel.from_dict(self.traffic, self.traffic.get("name", "traffic")
+                                       if isinstance(self.traffic, dict) else "traffic")
+        if self.mode != "peer" or self.closed_loop:
+            raise UsageError(f"--traffic {model.name}: a traffic model sends to partners and groups; "
+                             "it needs the throughput or cluster scenario")
+        # A protocol profile frames what the model sends; until a profile can express typed traffic, only the
+        # reference protocol carries a model other than the constant one (issue 15: refused at plan time).
+        protocol = getattr(self, "protocol", None)
+        if protocol not in (None, "reference") and not model.is_constant:
+            raise UsageError(f"--traffic {model.name}: protocol {protocol!r} cannot express typed messages; "
+                             "use --traffic constant")
+        for name, kind in typed:
+            if kind not in model.names:
+                raise UsageError(f"criterion {name}: traffic {model.name} has no type {kind!r} "
+                                 f"(types: {', '.join(model.names)})")
+        self.traffic = model.to_dict()
+        self._traffic_model = model
+
+    @property
+    def traffic_model(self):
+        """The parsed traffic model, or None (today's constant behaviour)."""
+        return self._traffic_model
 
     def with_criteria(self, overrides: list[str]) -> "RunPlan":
         """The spec's criteria for this scenario at this plan's scale, with --criterion overrides applied."""
@@ -200,7 +238,7 @@ class RunPlan(Load):
         return cls(**kwargs)
 
 
-_JSON_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+_JSON_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "dict": (dict,)}
 
 
 def _json_type_ok(annotation: str, value) -> bool:
@@ -219,9 +257,9 @@ def _json_type_ok(annotation: str, value) -> bool:
 def criteria_from_json(items) -> list[crit.Criterion]:
     out = []
     for item in items if isinstance(items, list) else [items]:
-        if not isinstance(item, dict) or item.get("name") not in crit.LABELS or item.get("op") not in ("<", ">") \
-                or not isinstance(item.get("target"), (int, float)):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or crit.label_of(item["name"]) is None \
+                or item.get("op") not in ("<", ">") or not isinstance(item.get("target"), (int, float)):
             raise UsageError(f"plan: criterion {item!r} must be {{'name': one of {', '.join(crit.LABELS)}, "
                              "'op': '<' or '>', 'target': a number}")
-        out.append(crit.Criterion(item["name"], item["op"], float(item["target"]), crit.LABELS[item["name"]]))
+        out.append(crit.Criterion(item["name"], item["op"], float(item["target"]), crit.label_of(item["name"])))
     return out

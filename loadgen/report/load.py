@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from loadgen.results.columns import COLUMNS, HISTOGRAMS
+from loadgen.results.columns import BY_TYPE, COLUMNS, HISTOGRAMS
 from loadgen.errors import UsageError
 
 PROBE_TEXT_LIMIT = 200_000  # characters kept of one raw probe output
@@ -61,13 +61,14 @@ def _read_json(path: str, problems: list[str]) -> dict | None:
 
 
 OPTIONAL_COLUMNS = ("disc_by_gateway", "disc_lost")
-_NUMERIC = [c for c in COLUMNS if c not in ("agent", "phase", *HISTOGRAMS)]
+_TEXT = ("agent", "phase", *HISTOGRAMS, BY_TYPE)
+_NUMERIC = [c for c in COLUMNS if c not in _TEXT]
 
 
 def read_timeseries(path: str, problems: list[str]) -> pd.DataFrame | None:
     """timeseries.csv; a row cut off by a killed agent is dropped, not fatal."""
     try:
-        df = pd.read_csv(path, dtype={h: object for h in HISTOGRAMS} | {"agent": object, "phase": object},
+        df = pd.read_csv(path, dtype={h: object for h in _TEXT},
                          on_bad_lines="skip")
     except FileNotFoundError:
         return None
@@ -77,11 +78,13 @@ def read_timeseries(path: str, problems: list[str]) -> pd.DataFrame | None:
     for c in OPTIONAL_COLUMNS:  # added later: older agents' CSVs simply lack them
         if c not in df.columns:
             df[c] = 0
+    if BY_TYPE not in df.columns:  # added with traffic models
+        df[BY_TYPE] = ""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         problems.append(f"{path}: missing columns {', '.join(missing)}")
         for c in missing:
-            df[c] = None if c in HISTOGRAMS or c in ("agent", "phase") else 0
+            df[c] = None if c in _TEXT else 0
     for c in _NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     bad = df["ts"].isna() | df["worker"].isna()

@@ -29,15 +29,21 @@ def throughput_per_s(hold_by_worker, received: int, seconds: float) -> float:
     return received / max(1.0, seconds)
 
 
-def message_figures(counts: dict, throughput: float | None) -> dict:
-    """The summary's "messages" section. Offered = sent + sends that found their user disconnected."""
-    offered = counts["msgs_sent"] + counts["msgs_send_failed"]
-    return {"sent": counts["msgs_sent"], "received": counts["msgs_received"], "acked": counts["msgs_acked"],
-            "errors": counts["msgs_errors"] + counts["msgs_send_failed"], "error_frames": counts["msgs_errors"],
-            "send_failed": counts["msgs_send_failed"], "skipped": counts["msgs_skipped"],
-            "lost": max(0, counts["msgs_sent"] - counts["msgs_received"] - counts["msgs_errors"]),
-            "success_rate": counts["msgs_received"] / offered if offered else None,
-            "throughput_per_s": throughput if counts["msgs_sent"] else None}
+def message_figures(counts: dict, throughput: float | None, owed: int | None = None) -> dict:
+    """The summary's "messages" section. Offered = sent + sends that found their user disconnected.
+    owed: under a traffic model, the deliveries the sends called for (a group message owes one per member
+    addressed, loadgen.results.bytype); without one, every message sent owes one delivery."""
+    deliveries = counts["msgs_sent"] if owed is None else owed
+    offered = deliveries + counts["msgs_send_failed"]
+    out = {"sent": counts["msgs_sent"], "received": counts["msgs_received"], "acked": counts["msgs_acked"],
+           "errors": counts["msgs_errors"] + counts["msgs_send_failed"], "error_frames": counts["msgs_errors"],
+           "send_failed": counts["msgs_send_failed"], "skipped": counts["msgs_skipped"],
+           "lost": max(0, deliveries - counts["msgs_received"] - counts["msgs_errors"]),
+           "success_rate": counts["msgs_received"] / offered if offered else None,
+           "throughput_per_s": throughput if counts["msgs_sent"] else None}
+    if owed is not None:
+        out["owed"] = owed
+    return out
 
 
 def session_seconds(session_ms: dict) -> dict:

@@ -1,0 +1,32 @@
+"""Keyed random draws: a draw is a pure function of (seed, user, sequence, stream), so `--seed` fixes the whole
+schedule however the event loop interleaves users, and a user's draws need no state beyond its sequence number."""
+
+from __future__ import annotations
+
+MASK = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+INV_2_53 = 1.0 / (1 << 53)
+
+# streams: independent draws for one (user, sequence)
+GAP, TYPE, SIZE, SESSION, PAUSE, GROUP = range(6)
+
+
+def splitmix64(x: int) -> int:
+    x = (x + GOLDEN) & MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+def user_key(seed: int, name: str) -> int:
+    """One 64-bit key per (seed, user name): computed once per user, the base of all its draws."""
+    h = splitmix64(seed & MASK)
+    for b in name.encode():
+        h = splitmix64(h ^ b)
+    return h
+
+
+def uniform(key: int, seq: int, stream: int) -> float:
+    """A uniform draw in the open interval (0, 1)."""
+    h = splitmix64(key ^ ((seq << 3 | stream) * GOLDEN & MASK))
+    return ((h >> 11) + 0.5) * INV_2_53

@@ -1,0 +1,92 @@
+"""The agent's send schedule under a traffic model (open model, apart from I/O).
+
+Like loadgen.agent.schedule.OpenSchedule, one heap of (due_ns, user, generation) with lazy removal; each due
+send also carries its message type and size. A user's n-th message (its gap, type and size) is a keyed draw of
+(seed, user, n): the same seed gives the same schedule. Times are fixed when drawn, and latency is measured
+from them (no coordinated omission); bursts and the spike compress the gaps (loadgen.traffic.arrivals).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from array import array
+
+from loadgen.traffic import keyed
+
+
+class TrafficSchedule:
+    def __init__(self, model, rate_per_s: float, keys: list[int], t0_ns: int = 0,
+                 in_group: bytearray | None = None) -> None:
+        """keys: a keyed.user_key per user (slot); in_group: 1 for users that are in a group (they may draw group
+        types; the others draw from the mix without them)."""
+        self.model = model
+        self.arrivals = model.arrivals(rate_per_s)
+        self.keys = keys
+        self.seq = array("Q", bytes(8 * len(keys)))
+        self.t0_ns = t0_ns
+        self.in_group = in_group
+        self.sizes = [t.size for t in model.types]
+        self._heap: list[tuple[int, int, int]] = []
+        self._generation: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._generation)
+
+    def __contains__(self, user: int) -> bool:
+        return user in self._generation
+
+    def _ns(self, t: float) -> int:
+        return self.t0_ns + int(t * 1e9)
+
+    def _t(self, ns: int) -> float:
+        return (ns - self.t0_ns) / 1e9
+
+    def add(self, user: int, now_ns: int) -> None:
+        if self.arrivals.rate <= 0:
+            return
+        gen = self._generation.get(user, -1) + 1
+        self._generation[user] = gen
+        u = keyed.uniform(self.keys[user], self.seq[user], keyed.GAP)
+        first = self.arrivals.first(self._t(now_ns), u)
+        if first != float("inf"):
+            heapq.heappush(self._heap, (self._ns(first), user, gen))
+
+    def remove(self, user: int) -> None:
+        self._generation.pop(user, None)
+
+    def next_due_ns(self) -> int | None:
+        heap = self._heap
+        while heap and self._generation.get(heap[0][1]) != heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def draw(self, user: int, seq: int) -> tuple[int, int]:
+        """(type index, size in bytes) of a user's seq-th message."""
+        key = self.keys[user]
+        groups = self.in_group
+        cum = self.model.cum if groups is None or groups[user] else self.model.cum_peer
+        kind = bisect.bisect_left(cum, keyed.uniform(key, seq, keyed.TYPE))
+        size = int(self.sizes[kind].sample(keyed.uniform(key, seq, keyed.SIZE)) + 0.5)
+        return kind, size
+
+    def due(self, now_ns: int, limit: int = 1 << 30):
+        """Yield (user, scheduled_ns, type index, size) for every send due by now_ns."""
+        heap, generation, seq = self._heap, self._generation, self.seq
+        arrivals, keys = self.arrivals, self.keys
+        n = 0
+        while heap and heap[0][0] <= now_ns and n < limit:
+            due_ns, user, gen = heap[0]
+            if generation.get(user) != gen:
+                heapq.heappop(heap)
+                continue
+            k = seq[user] + 1
+            seq[user] = k
+            nxt = arrivals.advance(self._t(due_ns), arrivals.gap(keyed.uniform(keys[user], k, keyed.GAP)))
+            if nxt == float("inf"):
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (self._ns(nxt), user, gen))
+            n += 1
+            kind, size = self.draw(user, k)
+            yield user, due_ns, kind, size
