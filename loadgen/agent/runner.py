@@ -16,6 +16,7 @@ import sys
 import time
 
 from loadgen import __version__, deadman
+from loadgen.agent import control as control_channel
 from loadgen.agent import gateway_scrape, pairs
 from loadgen.agent.worker import Worker, classify_connect_error, event_loop_runner, tune_gc, worker_main
 from loadgen.errors import EXIT_FAILURE, LoadgenError, UsageError
@@ -157,6 +158,8 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
         "complete": facts["complete"],
         "workers_dead": facts["workers_dead"],
         "stopped_by": facts["stopped_by"],
+        "controls": facts.get("controls", []),
+        "ramp_down": facts.get("ramp_down"),
     }
 
 
@@ -242,7 +245,8 @@ class Agent:
                   "active": self._active, "sent": c["msgs_sent"], "received": c["msgs_received"],
                   "errors": c["msgs_errors"] + c["msgs_send_failed"],
                   "connect_failed": sum(v for k, v in c.items() if k.startswith("fail_")),
-                  "p99_ms": hdr.percentile_ms(totals.latency, 99), "stopped_by": self.stop_reason}
+                  "p99_ms": hdr.percentile_ms(totals.latency, 99), "stopped_by": self.stop_reason,
+                  "control_seq": self.control.seq, "control_error": self.control.error, "ramp_down": self.ramp_down}
         tmp = os.path.join(self.out, ".status.json.tmp")
         with open(tmp, "w") as f:
             json.dump(status, f)
@@ -308,6 +312,10 @@ class Agent:
                 self.outputs.guard(self._write_status, "running" if self.starts else "waiting", self.totals, alive)
             self.progress.show(self.totals, self._active, now - self.start_at)
             self.last_flush = now
+            if self.stop_reason is None:
+                control = self.control.poll()
+                if control is not None:
+                    self._apply_control(control, now)
             if self.stop_reason is None and deadman.expired(plan.heartbeat_file, plan.deadman_s):
                 self.stop_reason = "deadman"
             if self.stop_reason is None and now > self.hard_deadline:
@@ -328,6 +336,33 @@ class Agent:
             if self.local is not None and not self.local.done():
                 self.local.cancel()
                 self.dead.add(0)
+
+    def _apply_control(self, control, now: float) -> None:
+        """Hand each running worker its share of a control message (loadgen.agent.control)."""
+        if self.ramp_down is not None:
+            self.control.error = f"seq {control.seq} ignored: the run is ramping down"
+            return
+        running = [worker_index(p) for p in self.pipes.values() if p.is_alive()]
+        if self.local is not None and not self.local.done():
+            running.append(0)
+        for index, share in control_channel.shares(control, running).items():
+            if index == 0:
+                self.local_worker.apply_control(share)
+            else:
+                try:
+                    self.inboxes[index].send(share)
+                except OSError:
+                    pass  # the worker is gone: its pipe's EOF reports it
+        self.controls.append(control_channel.describe(control, now))
+        plan = self.plan
+        left_s = control.ramp_down_s if control.ramp_down_s is not None else \
+            sum(st.duration_s for st in control.stages) if control.stages is not None else None
+        if left_s is not None:
+            self.hard_deadline = now + left_s + plan.drain_s + plan.close_quiesce_s + 30 + plan.workers
+            self.progress.total = now - self.start_at + left_s
+        if control.ramp_down_s is not None:
+            self.ramp_down = {"reason": control.reason, "within_s": control.ramp_down_s, "seq": control.seq,
+                              "at": round(now, 3)}
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -367,6 +402,10 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._signal)
         self.pipes = {}
+        self.inboxes = {}  # worker index -> the agent's end of the pipe that hands a forked worker control messages
+        self.control = control_channel.ControlFile(self.out)
+        self.controls: list[dict] = []
+        self.ramp_down = None
         if plan.workers > 1:
             import multiprocessing  # only for workers 1..N-1
 
@@ -376,11 +415,14 @@ class Agent:
             if shares[i] is None:
                 continue
             parent_end, child_end = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=worker_main, args=(plan, i, shares[i], child_end), name=f"loadgen-worker-{i}",
-                            daemon=True)
+            inbox, to_worker = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=worker_main, args=(plan, i, shares[i], child_end, inbox),
+                            name=f"loadgen-worker-{i}", daemon=True)
             p.start()
             child_end.close()
+            inbox.close()
             self.pipes[parent_end] = p
+            self.inboxes[i] = to_worker
         tune_gc()
         self.local_worker = Worker(plan, 0, shares[0], self._receive) if shares[0] else None
         self.local = None
@@ -412,10 +454,11 @@ class Agent:
             progress.end()
         ended = time.time()
         started = min(starts.values()) if starts else start_at
+        stopped_by = self.stop_reason or (f"ramp_down: {self.ramp_down['reason']}" if self.ramp_down else None)
         facts = {"started_at": started, "ended_at": ended,
                  "start_skew_ms": {str(i): round((t - start_at) * 1000, 3) for i, t in sorted(starts.items())},
-                 "complete": not dead and self.stop_reason is None, "workers_dead": sorted(dead),
-                 "stopped_by": self.stop_reason}
+                 "complete": not dead and stopped_by is None, "workers_dead": sorted(dead),
+                 "stopped_by": stopped_by, "controls": self.controls, "ramp_down": self.ramp_down}
         summary = summarize(plan, totals, facts, self.gateway_rows)
         if errors:
             summary["worker_errors"] = errors

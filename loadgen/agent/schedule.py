@@ -40,6 +40,19 @@ class OpenSchedule:
         first = now_ns + int(self._rng.random() * self.period_ns)
         heapq.heappush(self._heap, (first, user, gen))
 
+    def set_rate(self, rate_per_s: float, users, now_ns: int) -> None:
+        """A new rate from now on (a control message). Users already scheduled keep their next due time and
+        send at the new period after it; from or to rate 0 the schedule is rebuilt for `users` (the users
+        that are to send)."""
+        was = self.period_ns
+        self.period_ns = int(1e9 / rate_per_s) if rate_per_s > 0 else 0
+        if not self.period_ns:
+            self._heap.clear()
+            self._generation.clear()
+        elif not was:
+            for user in users:
+                self.add(user, now_ns)
+
     def remove(self, user: int) -> None:
         self._generation.pop(user, None)
 

@@ -54,6 +54,20 @@ class Slots:
         self.pending_in = array("I", bytes(4 * n)) if quiesce_ns else None
         self.pending_out = array("I", bytes(4 * n)) if quiesce_ns else None
 
+    def grow(self, n: int) -> None:
+        """Room for n slots (a control message raised the target above the plan's peak); never shrinks."""
+        more = n - self.n
+        if more <= 0:
+            return
+        self.n = n
+        self.state.extend(bytes(more))
+        self.conns.extend([None] * more)
+        self.failures.extend(bytes(more))
+        self.retry_at.extend([0] * more)
+        if self.pending_in is not None:
+            self.pending_in.extend([0] * more)
+            self.pending_out.extend([0] * more)
+
     def peer_of(self, slot: int) -> int:
         """Peer mode: slot s and s^1 message each other (an odd last slot messages itself)."""
         peer = slot ^ 1

@@ -29,6 +29,7 @@ from loadgen.agent.interval import Interval
 from loadgen.agent.pairs import PairLatency, node_index
 from loadgen.agent.schedule import OpenSchedule
 from loadgen.agent.slots import OPEN, Slots
+from loadgen.plan.stages import Profile, Stage
 from loadgen.traffic import groups as traffic_groups
 from loadgen.traffic import keyed
 from loadgen.traffic.model import TYPE_BITS
@@ -220,12 +221,18 @@ if echoloop is not None:
 
 
 class Worker:
-    def __init__(self, plan, index: int, profile, send_to_parent) -> None:
-        """profile: this worker's share of the agent's stages (Profile.share, computed once by the agent)."""
+    def __init__(self, plan, index: int, profile, send_to_parent, inbox=None) -> None:
+        """profile: this worker's share of the agent's stages (Profile.share, computed once by the agent).
+        inbox: a forked worker's end of the pipe on which the agent process hands it control messages
+        (loadgen.agent.control); worker 0 is handed them by a direct call of apply_control."""
         self.plan = plan
         self.index = index
         self.emit = send_to_parent
+        self.inbox = inbox
         self.profile = profile
+        self.profile_from_s = 0.0  # seconds after the start at which self.profile's time 0 lies
+        self.target = 0
+        self.t0_ns = None  # monotonic ns of the start
         n = self.profile.peak
         self.n = n
         self.rng = random.Random(os.getpid())
@@ -556,6 +563,35 @@ class Worker:
         if self.beat_pos >= high:
             self.beat_pos -= high * (self.beat_pos // high)
 
+    # --- control messages (loadgen.agent.control) ----------------------------------------------------------
+    def apply_control(self, control) -> None:
+        """This worker's share of a control message (loadgen.plan.control.Control): new stages from now on,
+        continuing from the current target; a new rate; or a ramp down to 0 within N s, after which the run
+        ends as after its last stage."""
+        now = time.monotonic_ns()
+        elapsed = (now - self.t0_ns) / 1e9 if self.t0_ns is not None else 0.0
+        stages = control.stages
+        if control.ramp_down_s is not None:
+            stages = [Stage(control.ramp_down_s, 0)]
+        if stages is not None:
+            if self.model is not None:  # a traffic model's users and groups are drawn for the plan's peak
+                stages = [Stage(s.duration_s, min(s.target, self.n)) for s in stages]
+            self.profile = Profile(stages, begin=self.target)
+            self.profile_from_s = elapsed
+            self.slots.grow(self.profile.peak)
+            self.n = self.slots.n
+        if control.rate is not None and not self.closed_loop and self.model is None:
+            if not self.stopping:
+                slots = self.slots
+                self.sends.set_rate(control.rate, [s for s in range(slots.high) if slots.sendable(s)], now)
+
+    def _read_inbox(self) -> None:
+        try:
+            while self.inbox.poll():
+                self.apply_control(self.inbox.recv())
+        except (EOFError, OSError):  # the agent process is gone: the parent check stops the load
+            asyncio.get_running_loop().remove_reader(self.inbox.fileno())
+
     # --- the run -----------------------------------------------------------------------------------
     def sync(self) -> None:
         """Bring iv and the totals up to date with the C closed loop's counters."""
@@ -592,6 +628,8 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop)
         parent = os.getppid() if own_process else None
+        if self.inbox is not None:
+            loop.add_reader(self.inbox.fileno(), self._read_inbox)
         if self.plan.start_at:
             delay = self.plan.start_at - time.time()
             if delay > 0.002:
@@ -601,22 +639,22 @@ class Worker:
                 await asyncio.sleep(0)
         started = time.time()
         self.emit(("started", self.index, started))
-        t0 = time.monotonic_ns()
+        self.t0_ns = t0 = time.monotonic_ns()
         if self.model is not None:
             self.sends.t0_ns = t0  # bursts and the spike are timed from the run's start
         next_flush = t0 + 1_000_000_000
         next_quiet_check = t0
-        profile = self.profile
         target = 0
         while not self.stopping:
             now = time.monotonic_ns()
-            elapsed = (now - t0) / 1e9
+            profile = self.profile  # a control message may replace it (apply_control)
+            elapsed = (now - t0) / 1e9 - self.profile_from_s
             if elapsed >= profile.total_s:
                 if now >= next_flush:  # the last planned second gets its own row, not the drain's
                     self.flush(t0, profile.phase_at(profile.total_s - 0.5), target)
                     next_flush += 1_000_000_000
                 break
-            target = profile.target_at(elapsed)
+            self.target = target = profile.target_at(elapsed)
             self.adjust(target, now)
             if now >= next_quiet_check:  # O(quiescing slots): at the tick, not at every due send
                 self.end_quiet_periods(now)
@@ -683,8 +721,8 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def worker_main(plan, index: int, profile, conn) -> None:
-    """Entry point of a worker process; `conn` is its pipe to the agent process."""
+def worker_main(plan, index: int, profile, conn, inbox=None) -> None:
+    """Entry point of a worker process; `conn` is its pipe to the agent process, `inbox` the agent's to it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent process decides when workers stop
     tune_gc()
 
@@ -695,7 +733,7 @@ def worker_main(plan, index: int, profile, conn) -> None:
             os._exit(3)  # the agent process is gone: stop the load at once
 
     try:
-        event_loop_runner()(Worker(plan, index, profile, emit).run())
+        event_loop_runner()(Worker(plan, index, profile, emit, inbox).run())
     except Exception as exc:
         emit(("error", index, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1)

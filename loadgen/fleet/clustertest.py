@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from loadgen.errors import EXIT_OK, LoadgenError, UsageError
 from loadgen.fleet import probes
+from loadgen.fleet.control import Controller
 from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
@@ -169,6 +170,8 @@ class ClusterTest:
         self.samples = None
         self.heartbeat: Heartbeat | None = None
         self.deltas = probes.SampleDeltas()
+        self.controller: Controller | None = None  # set once the agents are started
+        self.ends_at: float | None = None  # when the agents' stages end: the plan's, moved by control messages
 
     # --- helpers --------------------------------------------------------------------------------------
     def _subset(self, names) -> dict[str, Host]:
@@ -311,6 +314,8 @@ class ClusterTest:
         if len(launched) < self.plan.min_generators:
             self.stop_agents()
             raise LoadgenError(f"only {len(launched)} agents launched; --min-generators is {self.plan.min_generators}")
+        self.controller = Controller(self.hosts, self.plan.generators, lambda h: f"{workdir(h, self.plan.run_id)}/out")
+        self.ends_at = start_at + self.plan.total_s
         log(f"{len(launched)} agents start at {time.strftime('%H:%M:%S', time.localtime(start_at))} "
             f"(in {start_at - time.time():.1f}s), {self.plan.peak_connections:,} connections, "
             f"{self.plan.total_s:.0f}s of stages")
@@ -343,13 +348,28 @@ class ClusterTest:
                 self.agent_state[name] = status.get("state", "starting")
         return statuses
 
+    def control(self, **message) -> dict:
+        """Change the running agents' load (loadgen.fleet.control.Controller.send: stages as fleet totals, rate,
+        or ramp_down_s + reason); watch's deadline follows the new end."""
+        running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]
+        results = self.controller.send(to=running, **message)
+        left = message.get("ramp_down_s")
+        if left is None and message.get("stages") is not None:
+            left = sum(s.duration_s for s in message["stages"])
+        if left is not None:
+            self.ends_at = max(time.time(), self.plan.start_at) + left
+        for name, r in results.items():
+            if r is not True:
+                log(f"control message to {name} not delivered: {r}")
+        return results
+
     def watch(self) -> None:
-        deadline = self.plan.start_at + self.plan.total_s + 90
         interval = self.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
         next_sample = 0.0
         last = {}
         while True:
             now = time.time()
+            deadline = self.ends_at + 90
             if now >= next_sample:
                 self.sample()
                 next_sample = now + interval

@@ -67,21 +67,23 @@ def parse_stage(text: str) -> Stage:
 
 
 class Profile:
-    """Connection target over time: linear ramps between stage targets, starting from 0 (as k6)."""
+    """Connection target over time: linear ramps between stage targets, starting from 0 (as k6), or from
+    `begin` for stages that continue a running load (a control message's, loadgen.plan.control)."""
 
-    def __init__(self, stages: list[Stage]) -> None:
+    def __init__(self, stages: list[Stage], begin: int | None = None) -> None:
         if not stages:
             raise UsageError("a plan needs at least one stage")
         if sum(s.duration_s for s in stages) <= 0:
             raise UsageError("the stages add up to zero seconds")
-        if max(s.target for s in stages) <= 0:
+        if begin is None and max(s.target for s in stages) <= 0:
             raise UsageError("every stage targets 0 connections: nothing to test")
         self.stages = list(stages)
+        self.begin = begin or 0
         self.total_s = sum(s.duration_s for s in stages)
-        self.peak = max(s.target for s in stages)
+        self.peak = max([s.target for s in stages] + [self.begin])
 
     def _locate(self, t: float):
-        start, begin_target = 0.0, 0
+        start, begin_target = 0.0, self.begin
         for stage in self.stages:
             end = start + stage.duration_s
             if t < end:
@@ -109,7 +111,7 @@ class Profile:
 
     def hold_s(self) -> float:
         """Longest time spent at the peak target (the spec's 'hold' phase)."""
-        best, begin = 0.0, 0
+        best, begin = 0.0, self.begin
         for stage in self.stages:
             if stage.target == begin == self.peak:
                 best = max(best, stage.duration_s)
