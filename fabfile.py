@@ -55,12 +55,14 @@ def _list(value):
         "deadman_timeout": "agents and gateways stop when the controller is silent this long (default 60s)",
         "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
         "criterion": "(takes a value, repeatable) override a success criterion, e.g. message_p99_ms<100",
+        "traffic": "traffic model: constant, chat-mix or a YAML file (docs/traffic.md; default: the scenario's)",
+        "seed": "seed of the traffic model's draws (default 0): the same seed, the same schedule",
         "reports_dir": "where run directories go (default reports/)",
     },
 )
 def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, duration=None, stage=None,
                  rate=None, message_size=None, min_generators=None, probe_interval=None, deadman_timeout="60s",
-                 token_file=None, criterion=None, reports_dir="reports"):
+                 token_file=None, criterion=None, reports_dir="reports", traffic=None, seed=None):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
 
@@ -68,7 +70,7 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, d
                         stages=_list(stage), rate=_text(rate), message_size=_text(message_size),
                         min_generators=_text(min_generators), probe_interval=_text(probe_interval),
                         deadman_timeout=str(deadman_timeout), token_file=token_file, criteria=_list(criterion),
-                        reports_dir=reports_dir))
+                        reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed)))
 
 
 @task(klass=OptionTask, short={"inventory": "i"}, help={"inventory": "Ansible inventory (default inventory/local)"})

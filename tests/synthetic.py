@@ -140,6 +140,7 @@ def make_run(path: str, agents: list[AgentSpec], *, stages=("20s:120", "40s:120"
                 ses_cells.append(_encode(np.full(ends, int(t[i] * 1e6 * 0.9), dtype=np.int64)) if ends else "")
             cols["latency_hdr"], cols["connect_hdr"], cols["session_hdr"] = lat_cells, con_cells, ses_cells
             cols["by_type"] = ""
+            cols["churns"] = 0
             frames.append(pd.DataFrame(cols))
             totals["connects_ok"] += int(opened.sum())
             totals["failed"] += int(failed.sum())

@@ -135,6 +135,26 @@ def test_groups_assign_a_fraction_of_users_without_groups_of_one():
     assert assign(1000, m.groups, keyed.user_key(0, "agent-0-")) == (of, sizes)
 
 
+def test_groups_of_independent_gateways_stay_on_one_node():
+    m = load("chat-mix")
+    node_of = lambda s: (s // 2) % 2  # noqa: E731 - same-node pairing over 2 endpoints (loadgen.agent.pairs)
+    of, sizes = assign(1000, m.groups, keyed.user_key(0, "agent-0-"), node_of)
+    members = {}
+    for s, g in enumerate(of):
+        if g != NO_GROUP:
+            members.setdefault(g, []).append(s)
+    assert sum(sizes) == 200 and all(len(v) >= 2 for v in members.values())
+    assert all(len({node_of(s) for s in v}) == 1 for v in members.values())
+    spread, _ = assign(1000, m.groups, keyed.user_key(0, "agent-0-"))
+    assert any(len({node_of(s) for s in range(200) if spread[s] == g}) == 2 for g in set(spread) - {NO_GROUP})
+
+
+def test_the_offered_mix_counts_group_types_for_members_only():
+    mix = load("chat-mix").offered_mix()
+    assert mix["group"] == pytest.approx(0.03) and sum(mix.values()) == pytest.approx(1.0)
+    assert mix["text"] == pytest.approx(0.2 * 0.55 + 0.8 * 55 / 85)
+
+
 def test_shipped_models_parse_and_round_trip():
     assert {"constant", "chat-mix"} <= set(shipped())
     for name in shipped():
@@ -221,3 +241,62 @@ def test_every_message_is_accounted_for_per_type(gateway, tmp_path):
     for name in by_type:
         assert again[name]["sent"] == by_type[name]["sent"]
         assert again[name]["latency_ms"]["p99"] == by_type[name]["latency_ms"]["p99"]
+
+
+GROUPLESS_MIX = MIX.replace("bursts: {every: 3s, for: 1s, multiplier: 3, start: 1s}", "")
+
+
+def test_cluster_test_runs_a_model_and_reports_per_type(tmp_path):
+    from test_cluster_test import fab, only_run, write_inventory
+
+    inv, reports = write_inventory(tmp_path), tmp_path / "reports"
+    model_file = tmp_path / "mix.yaml"
+    model_file.write_text(GROUPLESS_MIX)
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(reports), "--probe-interval", "2",
+            "--traffic", str(model_file), "--seed", "5", "--criterion", "message_p99_ms{type=text}<5000")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = only_run(reports)
+    plan = json.load(open(f"{run}/plan.json"))
+    assert plan["traffic"]["name"] == "mix" and plan["seed"] == 5
+    summary = json.load(open(f"{run}/summary.json"))
+    assert summary["status"] == "PASS"
+    by_type = summary["by_type"]
+    assert list(by_type) == ["text", "typing", "receipt"]
+    for name, f in by_type.items():
+        assert f["owed"] == f["received"] + f["errors"] + f["lost"] and f["lost"] == 0, name
+        assert f["share_offered"] == pytest.approx({"text": 0.6, "typing": 0.25, "receipt": 0.15}[name])
+    assert sum(f["sent"] for f in by_type.values()) == summary["messages"]["sent"]
+    assert {c["name"]: c["passed"] for c in summary["criteria"]}["message_p99_ms{type=text}"] is True
+    html = open(f"{run}/report.html").read()
+    assert "Per message type (traffic mix, seed 5)" in html and "Message latency P99 by type" in html
+
+
+CHURN_MIX = MIX.replace("bursts: {every: 3s, for: 1s, multiplier: 3, start: 1s}", """churn:
+    session: {uniform: [1s, 2.5s]}
+    pause: {uniform: [0.2, 0.8]}
+    storm: {at: 3s, fraction: 0.5, pause: 1s}""")
+
+
+def test_churn_closes_and_reopens_sessions_with_exact_accounting(gateway, tmp_path):
+    model_file = tmp_path / "churn.yaml"
+    model_file.write_text(CHURN_MIX)
+    out = tmp_path / "o"
+    r = run_loadgen("run", "throughput", "--vus", "40", "--rate", "3", "--duration", "6s", "--workers", "1",
+                    "--traffic", str(model_file), "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(out),
+                    "--criterion", "gateway_cpu_percent=off", "--criterion", "gateway_rss_growth_bytes_per_min=off",
+                    "--criterion", "message_p99_ms<5000", "--criterion", "throughput_per_s=off")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    with open(out / "timeseries.csv") as f:
+        rows = list(csv.DictReader(f))
+    total = {k: sum(int(row[k]) for row in rows) for k in ("connects_ok", "closes", "churns", "disconnects")}
+    # every session churned at least twice in 6 s (1-2.5 s each, plus the storm's half)
+    assert total["churns"] >= 80 and total["disconnects"] == 0
+    # each churned session's user came back (those whose pause outlived the run excepted), and every
+    # connection ended exactly once: as a churn, a planned close at the end, or a drop
+    assert total["churns"] <= total["connects_ok"] <= 40 + total["churns"]
+    assert total["connects_ok"] == total["closes"] + total["disconnects"]
+    assert s["session_s"]["count"] == total["closes"] and s["session_s"]["p95"] < 3.0
+    assert s["connections"]["success_rate"] == 1.0
+    for name, f in s["by_type"].items():
+        assert f["owed"] == f["received"] + f["errors"] and f["lost"] == 0, name

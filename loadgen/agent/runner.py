@@ -112,7 +112,7 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
     connections["peak_active"] = sum(totals.peak_active.values())
     seconds = totals.last_ts - totals.first_ts + 1 if totals.first_ts is not None else 0.0
     model = getattr(plan, "traffic_model", None)
-    by_type = totals.types.figures(model.names, model.weights()) if model is not None else {}
+    by_type = totals.types.figures(model.names, model.offered_mix()) if model is not None else {}
     messages = figures.message_figures(
         c, figures.throughput_per_s(totals.hold.values(), c["msgs_received"], seconds),
         sum(f["owed"] for f in by_type.values()) if model is not None else None)

@@ -42,6 +42,10 @@ class Slots:
         self.active = 0
         self.connecting = 0
         self.closing = 0  # planned closes: quiescing, or waiting for the gateway's close reply
+        # Churn (a traffic model's sessions, docs/traffic.md): slot -> ns of its pause after its session ends. A
+        # churning slot closes as planned, then waits out its pause DOWN and reconnects; it stays held throughout,
+        # so the target does not open another user in its place.
+        self.churn_pause_ns: dict[int, int] = {}
         # Peer mode: a planned close first quiesces the pair (neither sends to the other) until nothing is in
         # flight to or from the closing user - every message to it received or refused, every message from it
         # acked or refused - or for at most this long. A message still in a gateway cluster's Kafka when the
@@ -76,7 +80,7 @@ class Slots:
     def held(self) -> int:
         """Connections that count toward the target: open (not closing or quiescing), connecting, or waiting
         to reconnect."""
-        return self.active - self.closing + self.connecting + len(self.down)
+        return self.active - self.closing + len(self.churn_pause_ns) + self.connecting + len(self.down)
 
     def sendable(self, slot: int) -> bool:
         """OPEN and not closing as planned (nor quiescing before it)."""
@@ -154,14 +158,16 @@ class Slots:
             slot -= 1
         return given_up, closes
 
-    def begin_close(self, slot: int, now_ns: int) -> bool:
+    def begin_close(self, slot: int, now_ns: int, churn_pause_ns: int | None = None) -> bool:
         """A planned close of an OPEN slot: True when its close frame is to go now; False when it quiesces
         first (something is in flight to or from it) or is closing already. A quiescing slot counts in
-        `closing` (not held)."""
+        `closing` (not held). churn_pause_ns: the session ends by churn; the user returns after this pause."""
         conn = self.conns[slot]
         if conn is None or conn.planned or slot in self.quiescing:
             return False
         self.closing += 1
+        if churn_pause_ns is not None:
+            self.churn_pause_ns[slot] = churn_pause_ns
         if self.quiesce_ns and (self.pending_in[slot] or self.pending_out[slot]):
             self.quiescing[slot] = (conn, now_ns + self.quiesce_ns)
             return False
@@ -190,6 +196,12 @@ class Slots:
             self.pending_in[slot] = self.pending_out[slot] = 0
         if conn.planned or quiescing:
             self.closing -= 1
+            pause = self.churn_pause_ns.pop(slot, None)
+            if pause is not None:  # back after its pause (no backoff: nothing failed)
+                self.state[slot] = DOWN
+                self.retry_at[slot] = now_ns + pause
+                self.down.add(slot)
+                return "churned"
             self.state[slot] = IDLE
             heapq.heappush(self.idle, slot)
             return "closed" if conn.planned else "left"
@@ -206,5 +218,6 @@ class Slots:
                     conn.planned = True
                     if self.quiescing.pop(slot, None) is None:  # a quiescing one is in `closing` already
                         self.closing += 1
+                self.churn_pause_ns.pop(slot, None)
                 out.append(conn)
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import heapq
 import logging
 import os
 import random
@@ -277,7 +278,11 @@ class Worker:
         """A traffic model's per-worker state: user keys, groups, the typed schedule and receive path."""
         model = self.model
         self.keys = array("Q", (keyed.user_key(plan.seed, self.uid_prefix + str(s)) for s in range(n)))
-        group_of, _sizes = traffic_groups.assign(n, model.groups, keyed.user_key(plan.seed, self.uid_prefix))
+        n_endpoints = len(plan.endpoints)
+        same_node = None if plan.pairing == "cross-node" else (
+            lambda s: node_index(plan.pairing, s, self.index, n_endpoints))
+        group_of, _sizes = traffic_groups.assign(n, model.groups, keyed.user_key(plan.seed, self.uid_prefix),
+                                                 same_node)
         self.group_of = group_of if model.groups is not None else None
         in_group = bytearray(1 if g >= 0 else 0 for g in group_of) if model.groups is not None else None
         self.sends = TrafficSchedule(model, plan.rate, self.keys, 0, in_group)
@@ -285,7 +290,45 @@ class Worker:
         self.type_to_group = [t.to == "group" for t in model.types]
         self.on_text = self.on_text_typed
         self.totals_owed = 0  # deliveries owed (loadgen.results.bytype), for the drain's in-flight check
+        self.churn = model.churn
+        if self.churn is not None:
+            self.session_no = array("I", bytes(4 * n))  # sessions each user began: keys its session draws
+            self.session_ends: list = []  # heap of (ns, tie, slot, conn): when a session ends by churn
+            self.session_tie = 0
+            self.storm_pending = self.churn.storm_at_s is not None
         self.group_unanswered = 0  # group messages neither acked nor refused yet
+
+    def session_began(self, slot: int, conn, now_ns: int) -> None:
+        """Churn: draw this session's length (keyed by the user and its session number)."""
+        churn = self.churn
+        if churn.session is None:
+            return
+        k = self.session_no[slot]
+        length_s = churn.session.sample(keyed.uniform(self.keys[slot], k, keyed.SESSION))
+        self.session_tie += 1
+        heapq.heappush(self.session_ends, (now_ns + int(length_s * 1e9), self.session_tie, slot, conn))
+
+    def churn_due(self, now_ns: int, elapsed_s: float) -> None:
+        """End the sessions whose time is up, and the reconnect storm when it is due: each user closes as
+        planned and reconnects after its pause (loadgen.agent.slots: it stays held meanwhile)."""
+        churn, slots, ends = self.churn, self.slots, self.session_ends
+        while ends and ends[0][0] <= now_ns:
+            _, _, slot, conn = heapq.heappop(ends)
+            if slots.conns[slot] is conn and slots.sendable(slot):
+                self._churn_close(slot, now_ns, churn.pause)
+        if self.storm_pending and elapsed_s >= churn.storm_at_s:
+            self.storm_pending = False
+            for slot in range(slots.high):
+                if slots.sendable(slot) and keyed.uniform(self.keys[slot], 0, keyed.STORM) < churn.storm_fraction:
+                    self._churn_close(slot, now_ns, churn.storm_pause)
+
+    def _churn_close(self, slot: int, now_ns: int, pause) -> None:
+        k = self.session_no[slot]
+        self.session_no[slot] = k + 1
+        pause_ns = int(pause.sample(keyed.uniform(self.keys[slot], k, keyed.PAUSE)) * 1e9)
+        conn = self.slots.conns[slot]
+        if conn.transport is not None and self.slots.begin_close(slot, now_ns, pause_ns):
+            self._send_close(conn)
 
     def group_name(self, group: int) -> str:
         return f"{self.uid_prefix}g{group}"
@@ -402,8 +445,10 @@ class Worker:
             return
         iv = self.iv
         iv.session.record((now - conn.established_ns) // 1000)
-        if outcome == "closed":
+        if outcome == "closed" or outcome == "churned":
             iv.closes += 1
+            if outcome == "churned":  # the session ended by the traffic model's churn: back after its pause
+                iv.churns += 1
         else:  # the gateway or the network dropped it: sends keep coming due and count as failed
             iv.disconnects += 1
             if conn.closed_by_gateway:
@@ -436,6 +481,8 @@ class Worker:
             return
         conn.established_ns = now
         self.slots.opened(slot, conn)
+        if self.model is not None and self.churn is not None:
+            self.session_began(slot, conn, now)
         self.iv.connects_ok += 1
         self.iv.connect.record((now - start) // 1000)
         if self.closed_loop:
@@ -657,6 +704,8 @@ class Worker:
             self.target = target = profile.target_at(elapsed)
             self.adjust(target, now)
             if now >= next_quiet_check:  # O(quiescing slots): at the tick, not at every due send
+                if self.model is not None and self.churn is not None:
+                    self.churn_due(now, elapsed)
                 self.end_quiet_periods(now)
                 next_quiet_check = now + TICK_NS
             self.fire_sends(now)

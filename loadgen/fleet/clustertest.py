@@ -28,7 +28,7 @@ from loadgen.fleet.shell import detached, loadgen_command, pack_outputs, status_
 from loadgen.host import read_token_file
 from loadgen.plan.addresses import parse_local_ips
 from loadgen.plan.cluster import FleetPlan, new_run_id
-from loadgen.plan.options import choose_stages, parse_int, parse_number
+from loadgen.plan.options import choose_stages, parse_int, parse_number, traffic_arg
 from loadgen.plan.runplan import RunPlan
 from loadgen.plan.stages import parse_duration
 from loadgen.results.verdict import EXIT_CODES
@@ -54,6 +54,8 @@ class Options:
     token_file: str | None = None
     criteria: list[str] = field(default_factory=list)
     lead_s: float | None = None
+    traffic: str | None = None  # NAME|FILE (docs/traffic.md); None: the inventory's loadgen_traffic, else the scenario's default
+    seed: str | None = None
 
 
 def log(msg: str) -> None:
@@ -89,6 +91,8 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
                            vus_name=vus_name)
     rate, rate_name = given("--rate", opts.rate, "loadgen_rate", 1.0)
     size, size_name = given("--message-size", opts.message_size, "loadgen_message_size", 1024)
+    traffic_name, _ = given("--traffic", opts.traffic, "loadgen_traffic", None)
+    seed, seed_name = given("--seed", opts.seed, "loadgen_seed", 0)
     generators = inv.group("generators")
     endpoints = []
     for g in inv.group("gateways"):
@@ -99,7 +103,8 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
         rate=parse_number(rate, rate_name), message_size=parse_int(size, size_name),
         generators=generators, gateways=inv.group("gateways"), endpoints=endpoints,
         min_generators=len(generators) if opts.min_generators is None else parse_int(opts.min_generators, "--min-generators"),
-        criteria=list(opts.criteria), deadman_s=parse_duration(opts.deadman_timeout, "--deadman-timeout"))
+        criteria=list(opts.criteria), deadman_s=parse_duration(opts.deadman_timeout, "--deadman-timeout"),
+        traffic=traffic_arg(traffic_name, opts.scenario), seed=parse_int(seed, seed_name))
 
 
 def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:

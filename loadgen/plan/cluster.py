@@ -36,6 +36,8 @@ class FleetPlan(Load):
     criteria: list[str] = field(default_factory=list)  # --criterion overrides of the spec's defaults at fleet scale
     deadman_s: float = 60.0
     start_at: float | None = None
+    traffic: dict | None = None  # the traffic model (docs/traffic.md), as RunPlan carries it; None: constant
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice(self.scenario, "--scenario", SCENARIOS)
@@ -51,6 +53,11 @@ class FleetPlan(Load):
         if self.deadman_s < MIN_DEADMAN_S:
             raise UsageError(f"--deadman-timeout must be at least {MIN_DEADMAN_S:g}s (the controller polls every 2 s)")
         self.fleet_criteria()  # a typo in a criterion is refused here, before any host is touched
+        if self.traffic is not None:  # checked once here too: a bad model is refused before any host is touched
+            from loadgen.traffic.model import TrafficModel
+
+            self.traffic = TrafficModel.from_dict(self.traffic, self.traffic.get("name", "traffic")
+                                                  if isinstance(self.traffic, dict) else "traffic").to_dict()
 
     def fleet_criteria(self) -> list[crit.Criterion]:
         """The spec's defaults for the whole fleet's load, with the operator's overrides."""
@@ -68,7 +75,7 @@ class FleetPlan(Load):
             mode=MODE_OF[self.scenario], message_size=self.message_size,
             endpoints=[parse_endpoint(e, 0) for e in self.endpoints], criteria=[], workers=workers,
             agent_id=generator, local_ips=local_ips, start_at=self.start_at, pairing=pairing,
-            heartbeat_file="heartbeat", deadman_s=self.deadman_s, quiet=True,
+            heartbeat_file="heartbeat", deadman_s=self.deadman_s, quiet=True, traffic=self.traffic, seed=self.seed,
         ).with_criteria(self.criteria)
 
     def to_dict(self) -> dict:
@@ -79,7 +86,8 @@ class FleetPlan(Load):
                 "shares": {g: stages_to_json(self.share(g)) for g in self.generators},
                 "total_s": self.total_s, "peak_connections": self.peak_connections, "hold_s": self.hold_s,
                 "offered_msgs_per_s": self.offered_msgs_per_s, "min_generators": self.min_generators,
-                "criteria": list(self.criteria), "deadman_s": self.deadman_s, "start_at": self.start_at}
+                "criteria": list(self.criteria), "deadman_s": self.deadman_s, "start_at": self.start_at,
+                "traffic": self.traffic, "seed": self.seed}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FleetPlan":

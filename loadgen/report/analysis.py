@@ -21,7 +21,7 @@ from loadgen.agent.pairs import pair_summary
 from loadgen.plan import criteria as crit
 from loadgen.report import diagnostics, hosts
 from loadgen.report.bins import ROW_S, bin_centers, row_bins, sample_bins
-from loadgen.results import figures, gateway
+from loadgen.results import bytype, figures, gateway
 from loadgen.results.columns import COUNTERS, FAIL_REASONS
 from loadgen.results.text import print_summary
 from loadgen.results.verdict import criteria_passed, evaluate, verdict
@@ -132,8 +132,9 @@ def criteria_for(run: RunData, scenario: str, hold_s: float, offered: float) -> 
     if isinstance(defs, list) and defs and all(isinstance(d, dict) for d in defs):
         out = []
         for d in defs:
-            if d.get("name") in crit.LABELS and d.get("op") in ("<", ">"):
-                out.append(crit.Criterion(d["name"], d["op"], float(d["target"]), d.get("label") or crit.LABELS[d["name"]]))
+            label = crit.label_of(d["name"]) if isinstance(d.get("name"), str) else None
+            if label and d.get("op") in ("<", ">"):
+                out.append(crit.Criterion(d["name"], d["op"], float(d["target"]), d.get("label") or label))
         if out:
             return out, "plan.json"
     if run.plan.get("scenario") and run.plan.get("stages") and (defs is None or isinstance(defs, list)):
@@ -306,7 +307,9 @@ def analyze(run: RunData) -> dict:
     counts = {k: int(ts[k].sum()) if ts is not None else 0 for k in COUNTERS}
     throughput, hold_workers = _throughput(ts, counts)
     connections = figures.connection_figures(counts)
-    messages = figures.message_figures(counts, throughput)
+    types = _types(run, ts, win)
+    messages = figures.message_figures(counts, throughput,
+                                       sum(f["owed"] for f in types["figures"].values()) if types["figures"] else None)
     connect = con["total"].percentiles_ms((50, 95, 99))
     latency = lat["total"].percentiles_ms((50, 95, 99))
     session = ses["total"].percentiles_ms((50, 95, 99))
@@ -315,6 +318,7 @@ def analyze(run: RunData) -> dict:
     gateway_figures = gateway.criteria_figures(nodes)
 
     metrics = figures.criteria_metrics(connections, messages, connect, latency, session, gateway_figures)
+    metrics |= bytype.criteria_metrics(types["figures"])
     criteria, criteria_source = criteria_for(run, scenario, pf["hold_s"], pf["offered_msgs_per_s"] or 0.0)
     rows = evaluate(criteria, metrics)
     evidence = _evidence(run, connections, messages, connect, latency, session, hold_workers, pf, nodes, gw_source)
@@ -322,6 +326,8 @@ def analyze(run: RunData) -> dict:
         r["evidence"] = evidence.get(r["name"], "")
 
     series = _series(ts, win, lat, con, gw, gw_source)
+    if types["series"]:
+        series["by_type"] = types["series"]
     agents_out = _agents(run, series, lat, con, win)
     problems = _run_problems(run, ts, agents_out, lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"])
     status, partial = verdict(rows, problems)
@@ -346,6 +352,8 @@ def analyze(run: RunData) -> dict:
         "messages": {**messages, "pings": counts["pings"], "pongs": counts["pongs"], "bytes_sent": counts["bytes_sent"],
                      "bytes_received": counts["bytes_received"]},
         "latency_ms": latency,
+        # with a traffic model only: a run without one keeps the summary it always had
+        **({"by_type": types["figures"], "traffic": types["model"]} if types["figures"] else {}),
         "session_s": figures.session_seconds(session),
         "gateway": {**gateway_figures, "source": gw_source, "leak_threshold_bytes_per_min": crit.LEAK_BYTES_PER_MIN},
         "histograms": {"latency": lat["total"].encode(), "connect": con["total"].encode(), "session": ses["total"].encode()},
@@ -367,6 +375,46 @@ def analyze(run: RunData) -> dict:
     return {"summary": summary, "series": series, "window": win, "nodes": nodes, "gw_source": gw_source,
             "distribution": dist, "hosts": host_info, "agents": agents_out, "diagnostics": diag,
             "text_summary": text.getvalue(), "problems": run.problems, "plan": run.plan, "run": run.run}
+
+
+def _types(run: RunData, ts: pd.DataFrame | None, win: dict) -> dict:
+    """Per message type (a traffic model's, docs/traffic.md): figures merged from every row's by_type cell, and
+    per bin the messages sent per second and the latency P99 of each type."""
+    from loadgen.errors import UsageError
+    from loadgen.traffic.model import TrafficModel
+
+    model = run.plan.get("traffic") if isinstance(run.plan.get("traffic"), dict) else None
+    names, weights = [], None
+    if model:
+        try:
+            parsed = TrafficModel.from_dict(model, str(model.get("name", "traffic")))
+            names, weights = parsed.names, parsed.offered_mix()
+        except UsageError:  # a damaged plan.json: the types as the rows name them, no offered mix
+            pass
+    out = {"figures": {}, "series": {}, "model": {"name": model.get("name"), "seed": run.plan.get("seed")}
+           if model else None}
+    if ts is None or "by_type" not in ts.columns or not ts["by_type"].map(lambda c: isinstance(c, str) and c != "").any():
+        return out
+    totals = bytype.TypeTotals()
+    nb, bin_s = win["nbins"], win["bin_s"]
+    sent: dict[str, np.ndarray] = {}
+    p99: dict[str, np.ndarray] = {}
+    for b, cells in ts.groupby("bin")["by_type"]:
+        per_bin = bytype.TypeTotals()
+        for cell in cells:
+            totals.add(cell)
+            per_bin.add(cell)
+        for name, c in per_bin.counts.items():
+            if 0 <= int(b) < nb:
+                sent.setdefault(name, np.zeros(nb))[int(b)] = c[0] / bin_s
+            hist = per_bin.latency.get(name)
+            if hist is not None and hist.get_total_count() and 0 <= int(b) < nb:
+                p99.setdefault(name, np.full(nb, np.nan))[int(b)] = hist.get_value_at_percentile(99) / 1000.0
+        per_bin.release()
+    out["figures"] = totals.figures(names, weights)
+    totals.release()
+    out["series"] = {"sent": sent, "p99": p99}
+    return out
 
 
 def _rows(run: RunData) -> pd.DataFrame | None:

@@ -66,6 +66,9 @@ def charts(m: dict) -> dict:
         lat = s["latency"]
         ts.append(_chart(f"Message latency per {s['bin_s']} s interval (merged histograms)", x,
                          {"P50": lat["p50"], "P95": lat["p95"], "P99": lat["p99"]}, "ms", spans))
+    if s.get("by_type"):  # a traffic model's types (docs/traffic.md)
+        ts.append(_chart("Messages sent per second by type", x, s["by_type"]["sent"], "/s", spans))
+        ts.append(_chart(f"Message latency P99 by type per {s['bin_s']} s interval", x, s["by_type"]["p99"], "ms", spans))
     hosts = []
     for c in m["hosts"]["charts"]:
         hosts.append(_chart(c["title"], x, c["series"], c["unit"], spans, c.get("note")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 FAIL_REASONS = ("refused", "timeout", "auth", "rejected", "reset", "no_ports", "fd_limit", "other")
 COUNTERS = (
     "connects_ok", *(f"fail_{r}" for r in FAIL_REASONS),
-    "disconnects", "disc_by_gateway", "disc_lost", "closes",
+    "disconnects", "disc_by_gateway", "disc_lost", "closes", "churns",
     "msgs_sent", "msgs_received", "msgs_acked", "msgs_errors", "msgs_send_failed", "msgs_skipped",
     "bytes_sent", "bytes_received", "pings", "pongs",
 )

@@ -27,6 +27,14 @@ def print_summary(s: dict, out=sys.stdout) -> None:
              f"  P50: {_fmt(lat['p50'])}", f"  P95: {_fmt(lat['p95'])}", f"  P99: {_fmt(lat['p99'])}",
              f"  Max: {_fmt(lat['max'])}", "", "Success Rate:", f"  Message Success: {rate(m['success_rate'])}", "",
              "Criteria:"]
+    if s.get("by_type"):  # a traffic model's types (docs/traffic.md), before the criteria
+        at = lines.index("Criteria:")
+        block = ["By Message Type (sent, fan-out, owed = received + errors + lost, P99):"]
+        for name, t in s["by_type"].items():
+            fan = "n/a" if t["fan_out"] is None else f"{t['fan_out']:.2f}"
+            block.append(f"  {name}: sent {t['sent']}, fan-out {fan}, owed {t['owed']} = {t['received']} + "
+                         f"{t['errors']} + {t['lost']}, P99 {_fmt(t['latency_ms']['p99'])}")
+        lines[at:at] = block + [""]
     for r in s["criteria"]:
         lines.append(f"  {criterion_line(r)}")
     result = {"PASS": "PASSED", "FAIL": "FAILED", "PARTIAL": "PARTIAL"}[s["status"]]

@@ -8,7 +8,7 @@ GOLDEN = 0x9E3779B97F4A7C15
 INV_2_53 = 1.0 / (1 << 53)
 
 # streams: independent draws for one (user, sequence)
-GAP, TYPE, SIZE, SESSION, PAUSE, GROUP = range(6)
+GAP, TYPE, SIZE, SESSION, PAUSE, GROUP, STORM = range(7)
 
 
 def splitmix64(x: int) -> int:

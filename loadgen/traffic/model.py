@@ -114,6 +114,17 @@ class TrafficModel:
         total = sum(t.weight for t in self.types)
         return {t.name: t.weight / total for t in self.types}
 
+    def offered_mix(self) -> dict[str, float]:
+        """The share of messages each type is offered at: group members draw from every type, the other users
+        from the types to a partner only (so a group type's share is its weight x the member fraction)."""
+        weights = self.weights()
+        if self.groups is None:
+            return weights
+        f = self.groups.members
+        peer_total = sum(w for t, w in zip(self.types, weights.values()) if t.to == "peer")
+        return {t.name: f * w + ((1 - f) * w / peer_total if t.to == "peer" and peer_total else 0.0)
+                for t, w in zip(self.types, weights.values())}
+
     def mean_size(self) -> float:
         return sum(w * t.size.mean for w, t in zip(self.weights().values(), self.types))
 
