@@ -1,11 +1,13 @@
 """The gateway's per-session frame handling without sockets: limits, dispatch and close states (SessionLogic)."""
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
 from picows import WSCloseCode, WSMsgType
 
 from loadgen.gateway.config import GatewayConfig
+from loadgen.gateway.groups import Groups
 from loadgen.gateway.metrics import GatewayMetrics
 from loadgen.gateway.registry import LocalRouter
 from loadgen.gateway.session import CONTINUE, DISCONNECT, REPLY_CLOSE, SessionLogic
@@ -14,7 +16,7 @@ from loadgen.gateway.session import CONTINUE, DISCONNECT, REPLY_CLOSE, SessionLo
 class FakeSession(SessionLogic):
     """The effects SessionLogic asks for, recorded instead of done."""
 
-    __slots__ = ("gw", "user", "guard", "closing", "last_rx", "ping_at", "out", "aborts", "timers")
+    __slots__ = ("gw", "user", "guard", "closing", "last_rx", "ping_at", "groups", "out", "aborts", "timers")
 
     def __init__(self, gw, user, now=0.0):
         self.init_state(gw, user, now)
@@ -42,7 +44,9 @@ def frame(data=b"", kind=WSMsgType.TEXT, fin=True):
 
 
 def gateway(**config):
-    return SimpleNamespace(config=replace(GatewayConfig(), **config), metrics=GatewayMetrics("n"), router=LocalRouter())
+    cfg = replace(GatewayConfig(), **config)
+    groups = Groups(cfg.group_max_per_user, cfg.group_max_members)
+    return SimpleNamespace(config=cfg, metrics=GatewayMetrics("n", groups), router=LocalRouter(groups))
 
 
 def pair(**config):
@@ -114,3 +118,75 @@ def test_a_delivery_delay_holds_sends_not_echoes():
     (delay, fn, args), = a.timers
     fn(*args)
     assert delay == 0.002 and b.out and a.out[-1] == b'{"type":"ack","id":1}'
+
+
+# --- groups --------------------------------------------------------------------------------------------------
+
+def members(n, **config):
+    gw = gateway(**config)
+    sessions = [FakeSession(gw, f"u{i}") for i in range(n)]
+    for s in sessions:
+        gw.router.register(s)
+    return gw, sessions
+
+
+def test_a_group_message_reaches_every_other_member_once_and_the_ack_says_how_many():
+    gw, (a, b, c, d) = members(4)
+    for s in (a, b, c):
+        s.take_frame(frame(b'{"type":"join","group":"g1"}'), 1.0)
+    assert [s.out for s in (a, b, c)] == [[b'{"type":"joined","group":"g1","members":%d}' % n] for n in (1, 2, 3)]
+    a.take_frame(frame(b'{"type":"gsend","group":"g1","id":42,"ts":1234,"body":"hi"}'), 1.0)
+    gmsg = b'{"type":"gmsg","group":"g1","from":"u0","id":42,"ts":1234,"body":"hi"}'
+    assert b.out[1:] == [gmsg] and c.out[1:] == [gmsg] and d.out == []  # d is no member
+    assert a.out[1:] == [b'{"type":"ack","id":42,"n":2}']  # the sender is not among them
+    assert gw.metrics.messages_sent == 2
+    g = gw.router.groups
+    assert (len(g), g.memberships, g.messages, g.deliveries) == (1, 3, 1, {"local": 2, "remote": 0})
+
+
+def test_leave_close_and_replacement_drop_memberships_and_n_follows():
+    gw, (a, b, c) = members(3)
+    for s in (a, b, c):
+        s.take_frame(frame(b'{"type":"join","group":"g"}'), 1.0)
+    a.take_frame(frame(b'{"type":"join","group":"g"}'), 1.0)  # joined already: the same answer, no second membership
+    assert a.out[-1] == b'{"type":"joined","group":"g","members":3}'
+    b.take_frame(frame(b'{"type":"leave","group":"g"}'), 1.0)
+    assert b.out[-1] == b'{"type":"left","group":"g"}'
+    b.take_frame(frame(b'{"type":"leave","group":"g"}'), 1.0)
+    assert b.out[-1].startswith(b'{"type":"error","code":"not_member"')
+    c.abort("flood", 1008)  # closing: gone from its groups at once, before the socket is
+    a.take_frame(frame(b'{"type":"gsend","group":"g","id":1,"ts":1,"body":""}'), 1.0)
+    assert a.out[-1] == b'{"type":"ack","id":1,"n":0}'
+    new_a = FakeSession(gw, "u0")
+    gw.router.register(new_a)  # a's newer connection: a's memberships go with the replaced session
+    assert a.closing == "replaced" and len(gw.router.groups) == 0 and gw.router.groups.memberships == 0
+    new_a.join_at_login(["g", "h"])
+    assert new_a.out == [] and new_a.groups == {"g", "h"}  # joined silently at login
+    gw.router.unregister(new_a)  # the client went away
+    assert new_a.groups == set() and len(gw.router.groups) == 0
+
+
+def test_not_member_and_limits_are_errors_but_never_abuse():
+    gw, (a, b) = members(2, max_bad_frames_per_min=2, group_max_per_user=2, group_max_members=1)
+    a.take_frame(frame(b'{"type":"join","group":"g1"}'), 1.0)
+    for i in range(5):
+        b.take_frame(frame(b'{"type":"gsend","group":"g1","id":%d,"ts":1,"body":""}' % i), 1.0)
+    b.take_frame(frame(b'{"type":"join","group":"g1","id":"j"}'), 1.0)
+    assert [json.loads(f)["code"] for f in b.out] == ["not_member"] * 5 + ["group_full"]
+    assert json.loads(b.out[-1]) == {"type": "error", "code": "group_full", "id": "j",
+                                     "detail": "group g1 has 1 members (groups.max_members)"}
+    a.take_frame(frame(b'{"type":"join","group":"g2"}'), 1.0)
+    a.take_frame(frame(b'{"type":"join","group":"g3"}'), 1.0)
+    assert json.loads(a.out[-1])["code"] == "too_many_groups" and a.groups == {"g1", "g2"}
+    assert not a.aborts and not b.aborts
+    errors = gw.metrics.errors
+    assert (errors["not_member"], errors["group_full"], errors["too_many_groups"]) == (5, 1, 1)
+
+
+def test_group_frames_with_bad_fields_are_bad_frames():
+    gw, (a,) = members(1)
+    for raw in (b'{"type":"join"}', b'{"type":"join","group":"bad id"}', b'{"type":"leave","group":7}',
+                b'{"type":"gsend","group":"g","ts":1,"body":""}', b'{"type":"gsend","id":1,"ts":1,"body":""}',
+                b'{"type":"gsend","group":"g","id":1,"body":""}', b'{"type":"gsend","group":"g","id":1,"ts":1}'):
+        a.take_frame(frame(raw), 1.0)
+    assert [json.loads(f)["code"] for f in a.out] == ["bad_field"] * 7

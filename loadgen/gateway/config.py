@@ -23,6 +23,8 @@ class GatewayConfig:
     max_frames_per_s: float = 200.0  # per connection; above the burst it is a flood
     flood_burst: float = 400.0
     max_bad_frames_per_min: int = 20
+    group_max_per_user: int = 100  # groups one session may be a member of
+    group_max_members: int = 10_000  # members of one group (cluster mode: on all live nodes together)
     max_idle_conns: int = 1000  # connection_pool: for the registry/router backends (cluster mode)
     max_open_conns: int = 10000
     # cluster: (docs/protocol.md "Cluster mode"); empty etcd/redis/kafka = single node, in-memory routing
@@ -54,6 +56,8 @@ _KEYS = {
     ("limits", "max_frames_per_s"): ("max_frames_per_s", float),
     ("limits", "flood_burst"): ("flood_burst", float),
     ("limits", "max_bad_frames_per_min"): ("max_bad_frames_per_min", int),
+    ("groups", "max_per_user"): ("group_max_per_user", int),
+    ("groups", "max_members"): ("group_max_members", int),
     ("connection_pool", "max_idle_conns"): ("max_idle_conns", int),
     ("connection_pool", "max_open_conns"): ("max_open_conns", int),
     ("cluster", "etcd"): ("cluster_etcd", "list"),

@@ -37,8 +37,9 @@ class Histogram:
 
 
 class GatewayMetrics:
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, groups=None) -> None:
         self.node_id = node_id
+        self.groups = groups  # loadgen.gateway.groups.Groups: rendered with the rest
         self.active = 0
         self.connections = {}  # result -> count (accepted, rejected_auth, rejected_full, ...)
         self.disconnections = {}  # reason -> count
@@ -79,6 +80,8 @@ class GatewayMetrics:
         lines += ["# HELP im_gateway_message_latency Seconds from a frame's arrival to its delivery write.",
                   "# TYPE im_gateway_message_latency histogram"]
         lines += self.latency.exposition("im_gateway_message_latency")
+        if self.groups is not None:
+            lines += self.groups.render(node)
         with self._proc.oneshot():
             mem = self._proc.memory_info()
             cpu = self._proc.cpu_times()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
-COMMANDS = ("send", "echo", "ping")
+COMMANDS = ("send", "echo", "ping", "gsend", "join", "leave")
 # An echo frame in canonical form (integers without leading zeros, a body of printable ASCII that needs
 # no JSON escaping, no extra whitespace or keys): echo_frame(parse_client_frame(x)) == x, so the reply is
 # the request itself (session.canonical_echo_reply). Anything else takes the full parse.
@@ -29,6 +29,7 @@ class Command:
     id: str | int | None = None
     ts: int | float | None = None
     body: str = ""
+    group: str | None = None  # gsend, join, leave
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,13 @@ class ProtocolError:
 
 def valid_user_id(value) -> bool:
     return isinstance(value, str) and USER_ID.fullmatch(value) is not None
+
+
+def login_groups(text: str) -> list[str] | None:
+    """`groups=` of the connect URL: comma-separated group ids (the user id charset), duplicates dropped;
+    None when one is not a valid id."""
+    groups = list(dict.fromkeys(text.split(","))) if text else []
+    return groups if all(valid_user_id(g) for g in groups) else None
 
 
 def _is_number(value) -> bool:
@@ -82,6 +90,11 @@ def parse_client_frame(payload: bytes | str) -> Command | ProtocolError:
         return ProtocolError("bad_field", "type missing" if kind is None else "type must be a string", msg_id)
     if kind not in COMMANDS:
         return ProtocolError("unknown_type", f"unknown type {kind[:40]!r}", msg_id)
+    if kind == "join" or kind == "leave":
+        group = obj.get("group")
+        if not valid_user_id(group):
+            return ProtocolError("bad_field", "group must be a group id", msg_id)
+        return Command(kind, id=msg_id, group=group)
     ts = obj.get("ts")
     if not _is_number(ts):
         return ProtocolError("bad_field", "ts missing" if ts is None else "ts must be a finite number", msg_id)
@@ -96,6 +109,11 @@ def parse_client_frame(payload: bytes | str) -> Command | ProtocolError:
         return ProtocolError("bad_field", "body is not valid Unicode (lone surrogate)", msg_id)
     if kind == "echo":
         return Command("echo", id=msg_id, ts=ts, body=body)
+    if kind == "gsend":
+        group = obj.get("group")
+        if not valid_user_id(group):
+            return ProtocolError("bad_field", "group must be a group id", msg_id)
+        return Command("gsend", id=msg_id, ts=ts, body=body, group=group)
     to = obj.get("to")
     if not valid_user_id(to):
         return ProtocolError("bad_field", "to must be a user id", msg_id)
@@ -113,6 +131,24 @@ def deliver_frame(sender: str, cmd: Command) -> bytes:
 
 def ack_frame(cmd: Command) -> bytes:
     return _dumps({"type": "ack", "id": cmd.id})
+
+
+def group_deliver_frame(sender: str, cmd: Command) -> bytes:
+    """What every other member gets: the group, the sender, and id, ts and body exactly as sent."""
+    return _dumps({"type": "gmsg", "group": cmd.group, "from": sender, "id": cmd.id, "ts": cmd.ts, "body": cmd.body})
+
+
+def group_ack_frame(cmd: Command, n: int) -> bytes:
+    """n: the other members the message was addressed to (owed deliveries = the sum of n)."""
+    return _dumps({"type": "ack", "id": cmd.id, "n": n})
+
+
+def joined_frame(group: str, members: int) -> bytes:
+    return _dumps({"type": "joined", "group": group, "members": members})
+
+
+def left_frame(group: str) -> bytes:
+    return _dumps({"type": "left", "group": group})
 
 
 def echo_frame(cmd: Command) -> bytes:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from loadgen.gateway.groups import Groups
+
 
 class Session(Protocol):
     user: str
+    groups: set[str] | None  # the groups it is a member of (loadgen.gateway.groups)
 
     def push(self, frame: bytes) -> bool:
         """False: dropped, the session is closing (the gateway's close frame is out, or the socket is gone)."""
@@ -27,6 +30,25 @@ class Router(Protocol):
 
     def deliver(self, to_user: str, frame: bytes) -> bool:
         """True when delivered to a session on this node; False: not connected here."""
+        ...
+
+    # groups (docs/protocol.md, "Groups"); `groups` holds the memberships of this node's sessions
+    groups: Groups
+
+    def join(self, session: Session, group: str, done) -> None:
+        """Make the session a member; done(members in the group) or done((kind, detail)) when refused."""
+        ...
+
+    def leave(self, session: Session, group: str) -> bool:
+        """False when the session was not a member."""
+        ...
+
+    def leave_groups(self, session: Session) -> None:
+        """The session is closing: it leaves every group now (unregister does too)."""
+        ...
+
+    def gsend(self, session: Session, group: str, frame: bytes, done) -> None:
+        """Write the frame to every other member; done(n: the members it was addressed to, of which written here)."""
         ...
 
     def __len__(self) -> int: ...
@@ -56,9 +78,10 @@ class LocalRouter:
 
     remote = False
 
-    def __init__(self) -> None:
+    def __init__(self, groups: Groups | None = None) -> None:
         self._sessions: dict[str, Session] = {}
         self.replacements = 0
+        self.groups = groups if groups is not None else Groups()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -71,6 +94,8 @@ class LocalRouter:
             old.replaced()
 
     def unregister(self, session: Session) -> None:
+        if session.groups:
+            self.leave_groups(session)
         if self._sessions.get(session.user) is session:
             del self._sessions[session.user]
 
@@ -82,6 +107,25 @@ class LocalRouter:
 
     def route(self, to_user: str, frame: bytes, done) -> None:
         done(("unknown_recipient", f"user {to_user} is not connected"))
+
+    def join(self, session: Session, group: str, done) -> None:
+        refused = self.groups.refusal(session, group)
+        if refused is None:
+            self.groups.join(session, group)
+        done(refused or len(self.groups.members(group)))
+
+    def leave(self, session: Session, group: str) -> bool:
+        return self.groups.leave(session, group)
+
+    def leave_groups(self, session: Session) -> None:
+        self.groups.leave_all(session)
+
+    def gsend(self, session: Session, group: str, frame: bytes, done) -> None:
+        groups = self.groups
+        n = groups.fan_out(group, frame, skip_session=session)
+        groups.deliveries["local"] += n
+        groups.messages += 1
+        done(n, n)
 
     def heartbeat(self, session: Session) -> None:
         pass

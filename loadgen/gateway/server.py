@@ -17,6 +17,7 @@ from picows import (WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRe
 from loadgen import deadman
 from loadgen.gateway import protocol
 from loadgen.gateway.config import GatewayConfig
+from loadgen.gateway.groups import Groups
 from loadgen.gateway.metrics import GatewayMetrics
 from loadgen.gateway.registry import LocalRouter, Router
 from loadgen.gateway.session import CONTINUE, DISCONNECT, SessionLogic
@@ -34,8 +35,9 @@ class Gateway:
         self.config = config
         self._token = token.encode()
         self.node_id = node_id
-        self.router = router or LocalRouter()
-        self.metrics = GatewayMetrics(node_id)
+        self.groups = Groups(config.group_max_per_user, config.group_max_members)
+        self.router = router or LocalRouter(self.groups)
+        self.metrics = GatewayMetrics(node_id, self.groups)
         self.paused: dict[GatewaySession, float] = {}  # sessions whose peer stopped reading, since when
         self.sessions: set[GatewaySession] = set()  # open sessions, for the half-open sweep
         self.stopping = False  # a graceful stop is under way: no new sessions
@@ -58,14 +60,21 @@ class Gateway:
         parts = urlsplit(request.path.decode("latin-1"))
         if parts.path != "/ws":
             return self._reject(404, "rejected_path", "unknown path; connect to /ws?user=ID")
-        user = parse_qs(parts.query).get("user", [""])[0]
+        query = parse_qs(parts.query)
+        user = query.get("user", [""])[0]
         if not protocol.valid_user_id(user):
             return self._reject(400, "rejected_bad_request", "user must be 1-128 of [A-Za-z0-9_.:-]")
+        groups = protocol.login_groups(query.get("groups", [""])[0])
+        if groups is None:
+            return self._reject(400, "rejected_bad_request", "groups must be comma-separated ids of [A-Za-z0-9_.:-]")
+        if len(groups) > self.config.group_max_per_user:
+            return self._reject(400, "rejected_bad_request",
+                                f"at most {self.config.group_max_per_user} groups (groups.max_per_user)")
         if self.stopping:  # a handshake that was under way when the listener closed
             return self._reject(503, "rejected_shutdown", "gateway shutting down")
         if self.metrics.active >= self.config.max_connections:
             return self._reject(503, "rejected_full", "server.max_connections reached")
-        return GatewaySession(self, user)
+        return GatewaySession(self, user, groups)
 
     # --- periodic checks -----------------------------------------------------------------------------
     async def sweep_stalled_writers(self) -> None:
@@ -124,12 +133,13 @@ class Gateway:
 class GatewaySession(SessionLogic, WSListener):
     """picows' listener for one client: the I/O around SessionLogic (loadgen/gateway/session.py)."""
 
-    __slots__ = ("gw", "user", "transport", "guard", "closing", "last_rx", "ping_at")
+    __slots__ = ("gw", "user", "transport", "guard", "closing", "last_rx", "ping_at", "groups", "login_groups")
 
-    def __init__(self, gw: Gateway, user: str) -> None:
+    def __init__(self, gw: Gateway, user: str, login_groups: list[str] = ()) -> None:
         super().__init__()
         self.transport: WSTransport | None = None
         self.init_state(gw, user, time.monotonic())
+        self.login_groups = login_groups  # `groups=` of the connect URL, joined once connected
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -143,6 +153,9 @@ class GatewaySession(SessionLogic, WSListener):
         m.active += 1
         m.count(m.connections, "accepted")
         self.gw.router.register(self)
+        if self.login_groups:
+            self.join_at_login(self.login_groups)
+            self.login_groups = ()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         m = self.gw.metrics

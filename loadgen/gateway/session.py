@@ -29,7 +29,8 @@ def canonical_echo_reply(payload: bytes) -> bytes | None:
 
 
 class SessionLogic:
-    """A mixin: the attributes live in the I/O class's __slots__ (gw, user, guard, closing, last_rx, ping_at)."""
+    """A mixin: the attributes live in the I/O class's __slots__ (gw, user, guard, closing, last_rx, ping_at,
+    groups)."""
 
     __slots__ = ()
 
@@ -41,6 +42,12 @@ class SessionLogic:
         self.closing = None  # why the gateway is closing this session; None: it is not
         self.last_rx = now  # last frame from the peer (half-open check)
         self.ping_at = 0.0  # when the half-open check pinged, 0: no ping outstanding
+        self.groups = None  # the groups this session is a member of (loadgen.gateway.groups), None: none yet
+
+    def join_at_login(self, groups: list[str]) -> None:
+        """`groups=` of the connect URL: joined silently; a refused join is an error frame, as for a join frame."""
+        for group in groups:
+            self.gw.router.join(self, group, lambda result, group=group: self.joined(group, result, None, None))
 
     # --- close states ------------------------------------------------------------------------------
     def begin_close(self, reason: str) -> bool:
@@ -48,6 +55,8 @@ class SessionLogic:
         if self.closing:
             return False
         self.closing = reason
+        if self.groups:  # it can receive nothing more: group senders stop counting it at once
+            self.gw.router.leave_groups(self)
         return True
 
     def idle_check(self, now: float, half: float) -> str | None:
@@ -57,7 +66,7 @@ class SessionLogic:
             return None
         if self.ping_at:
             if now - self.ping_at > half:
-                self.closing = "read_timeout"
+                self.begin_close("read_timeout")
                 return "drop"
         elif now - self.last_rx > half:
             self.ping_at = now
@@ -113,9 +122,44 @@ class SessionLogic:
             self.push(protocol.echo_frame(cmd))
             m.messages_sent += 1
             m.latency.observe(time.monotonic() - now)
-        else:  # ping: application heartbeat (refreshes the registry TTL in cluster mode)
+        elif cmd.type == "ping":  # application heartbeat (refreshes the registry TTL in cluster mode)
             self.push(protocol.pong_frame(cmd))
             self.gw.router.heartbeat(self)
+        elif cmd.type == "gsend":
+            self.gsend(cmd, now)
+        elif cmd.type == "join":
+            self.gw.router.join(self, cmd.group,
+                               lambda result: self.joined(cmd.group, result, protocol.joined_frame, cmd.id))
+        elif self.gw.router.leave(self, cmd.group):
+            self.push(protocol.left_frame(cmd.group))
+        else:
+            self.not_member(cmd)
+
+    # --- groups ------------------------------------------------------------------------------------
+    def joined(self, group: str, result, reply, msg_id) -> None:
+        """The router's answer to a join: the members now (reply with `reply`, if any), or why not."""
+        if isinstance(result, tuple):  # refused by a limit: a well-formed request, not a bad frame
+            self.error(result[0], result[1], msg_id, bad_frame=False)
+        elif reply is not None:
+            self.push(reply(group, result))
+
+    def not_member(self, cmd) -> None:
+        # not a bad frame: a member's leave (or its replaced session's groups) can race its own sends
+        self.error("not_member", f"not a member of group {cmd.group}", cmd.id, bad_frame=False)
+
+    def gsend(self, cmd, received: float) -> None:
+        if not self.groups or cmd.group not in self.groups:
+            self.not_member(cmd)
+            return
+        frame = protocol.group_deliver_frame(self.user, cmd)
+
+        def addressed(n: int, written_here: int) -> None:
+            m = self.gw.metrics
+            m.messages_sent += written_here
+            m.latency.observe(time.monotonic() - received)
+            self.push(protocol.group_ack_frame(cmd, n))
+
+        self.gw.router.gsend(self, cmd.group, frame, addressed)
 
     def send(self, cmd, received: float) -> None:
         m = self.gw.metrics

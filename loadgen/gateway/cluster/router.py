@@ -54,8 +54,8 @@ class ClusterSettings:
 class ClusterRouter(LocalRouter):
     remote = True
 
-    def __init__(self, node_id: str, settings: ClusterSettings, metrics) -> None:
-        super().__init__()
+    def __init__(self, node_id: str, settings: ClusterSettings, metrics, groups=None) -> None:
+        super().__init__(groups)
         self.node_id = node_id
         self.s = settings
         self.metrics = metrics  # the gateway's GatewayMetrics: errors go to its errors table
@@ -131,6 +131,8 @@ class ClusterRouter(LocalRouter):
                 log.debug("kafka: kick to %s failed: %s", node_of(old), exc)
 
     def unregister(self, session: Session) -> None:
+        if session.groups:
+            self.leave_groups(session)
         if self._sessions.get(session.user) is session:
             del self._sessions[session.user]
             value = self._values.pop(session.user, None)
