@@ -569,3 +569,59 @@ def test_ramp_down_across_nodes_loses_no_message_when_the_agent_quiesces(backend
     undeliverable = errors("remote_unknown_recipient")
     print(f"\n--close-quiesce {quiesce}: sent {m['sent']}, lost {m['lost']}, errors {m['errors']}, "
           f"remote_unknown_recipient {undeliverable:g}", file=sys.stderr)
+
+
+def test_a_group_of_500_over_two_nodes_reaches_all_499_others_once_with_one_record_per_node(backends, pair):
+    """250 members log in on each node; every message goes to the 499 others exactly once, and the other node
+    gets one Kafka record per message (fanned out there), never one per member."""
+    a, b = pair
+    per_node = 250
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def member(gw, user, login=True):
+        query = f"user={user}&groups=big" if login else f"user={user}"
+        return await connect(f"ws://127.0.0.1:{gw.port}/ws?{query}", additional_headers=auth, max_queue=None)
+
+    async def go():
+        socks = {}
+        try:
+            for i in range(per_node):
+                socks[f"ga{i}"] = await member(a, f"ga{i}")
+                socks[f"gb{i}"] = await member(b, f"gb{i}", login=i > 0)  # gb0 joins by frame below
+            await until(lambda: redis_cli(backends, "HGET", "im:group:big", "gw-b") == str(per_node - 1), 20,
+                        "gw-b's login joins in Redis")
+            await socks["gb0"].send('{"type":"join","group":"big"}')
+            joined = await recv(socks["gb0"])
+            await socks["ga0"].send('{"type":"gsend","group":"big","id":1,"ts":11,"body":"from a"}')
+            await socks["gb0"].send('{"type":"gsend","group":"big","id":2,"ts":22,"body":"from b"}')
+
+            async def inbox(user, ws):
+                frames = [await recv(ws, 30) for _ in range(2)]  # the other sender's message, or its own ack
+                await ws.send('{"type":"ping","ts":-1}')  # nothing else arrived: the pong comes next
+                assert json.loads(await asyncio.wait_for(ws.recv(), 30)) == {"type": "pong", "ts": -1}, user
+                return user, frames
+
+            got = dict(await asyncio.gather(*(inbox(u, ws) for u, ws in socks.items())))
+            return joined, got
+        finally:
+            for ws in socks.values():
+                await ws.close()
+
+    joined, got = asyncio.run(go())
+    assert joined == {"type": "joined", "group": "big", "members": 2 * per_node}
+    for user, frames in got.items():
+        gmsgs = sorted((f["from"], f["id"], f["ts"], f["body"]) for f in frames if f["type"] == "gmsg")
+        expected = [("ga0", 1, 11, "from a"), ("gb0", 2, 22, "from b")]
+        assert gmsgs == [m for m in expected if m[0] != user], user  # each once, never its own
+    acks = [f for u in ("ga0", "gb0") for f in got[u] if f["type"] == "ack"]
+    assert sorted((f["id"], f["n"]) for f in acks) == [(1, 2 * per_node - 1), (2, 2 * per_node - 1)]
+    for gw, node in ((a, "gw-a"), (b, "gw-b")):  # one record each way: one message from each node
+        assert metric(gw, f'im_gateway_group_records_total{{node="{node}",direction="sent"}}') == 1
+        assert metric(gw, f'im_gateway_group_records_total{{node="{node}",direction="received"}}') == 1
+        assert metric(gw, f'im_gateway_group_deliveries_total{{node="{node}",route="local"}}') == per_node - 1
+        assert metric(gw, f'im_gateway_group_deliveries_total{{node="{node}",route="remote"}}') == per_node
+        assert metric(gw, "im_gateway_group_messages_total") == 1
+        assert metric(gw, f'im_gateway_errors_total{{node="{node}",kind="remote_group_member_gone"}}') == 0
+    # every member closed: the counts leave Redis, the gauges drop to zero
+    wait_for(lambda: redis_cli(backends, "EXISTS", "im:group:big") == "0", 10, "group counts released")
+    assert metric(a, "im_gateway_group_members") == 0 and metric(b, "im_gateway_groups") == 0

@@ -26,6 +26,9 @@ class Groups:
         """Groups with a member on this node."""
         return len(self._members)
 
+    def names(self) -> list[str]:
+        return list(self._members)
+
     def members(self, group: str) -> dict:
         return self._members.get(group) or {}
 

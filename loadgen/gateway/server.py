@@ -264,7 +264,7 @@ async def serve(config: GatewayConfig, token: str, *, host: str, port: int, metr
     if cluster is not None:  # loadgen.gateway.cluster.ClusterSettings: etcd + Redis + Kafka routing
         from loadgen.gateway.cluster import ClusterRouter
 
-        gw.router = ClusterRouter(node_id, cluster, gw.metrics)
+        gw.router = ClusterRouter(node_id, cluster, gw.metrics, gw.groups)
     await gw.router.start()  # before listening: cross-node messages for our users are consumed from now on
     if not log.isEnabledFor(logging.DEBUG):  # picows logs two INFO lines per connection: DEBUG only
         logging.getLogger("picows").setLevel(logging.WARNING)

@@ -26,9 +26,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 log = logging.getLogger("loadgen.gateway.cluster")
 from loadgen.gateway.metrics import Histogram
 
-# record kinds (header k): a message for a user, "drop your older session of this user", and "your
-# cached route to this user is stale" (sent back to the sender's node by a node that no longer has them)
-KIND_MSG, KIND_KICK, KIND_STALE = b"m", b"k", b"s"
+# record kinds (header k): a message for a user, "drop your older session of this user", "your
+# cached route to this user is stale" (sent back to the sender's node by a node that no longer has them),
+# and a group message (key: the group; one record per node with members, fanned out there)
+KIND_MSG, KIND_KICK, KIND_STALE, KIND_GROUP = b"m", b"k", b"s", b"g"
 RETRY_S = 2.0
 # Fewer, larger Kafka requests (each costs a write() and a request parse on both ends): the producer waits up
 # to LINGER_MS to fill a batch, the broker holds a fetch until FETCH_MIN_BYTES arrived or FETCH_MAX_WAIT_MS

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 from loadgen.gateway.cluster import bus as kafka_bus
 from loadgen.gateway.cluster.etcd import Membership
+from loadgen.gateway.cluster.groupdir import GroupDirectory
 from loadgen.gateway.cluster.sessions import Registry, node_of
 from loadgen.gateway.metrics import Histogram
+from loadgen.gateway.groups import GROUP_FULL
 from loadgen.gateway.registry import LocalRouter, Session
 
 log = logging.getLogger("loadgen.gateway.cluster")
@@ -67,6 +69,10 @@ class ClusterRouter(LocalRouter):
         self.registry = Registry(settings.redis_url, settings.redis_password, settings.registry_ttl_s,
                                  settings.timeout_s, settings.max_conns, lambda exc: self._error("redis"),
                                  settings.route_backlog)
+        self.directory = GroupDirectory(self.registry.redis, node_id, settings.timeout_s,
+                                        lambda group: len(self.groups.members(group)),
+                                        lambda exc: self._error("redis"), settings.route_backlog)
+        self.group_records = {"sent": 0, "received": 0}  # group messages between nodes: one record per node
         self.bus = kafka_bus.Bus(settings.kafka, self.topic, settings.partitions, settings.replication,
                                  settings.timeout_s, self._on_record, lambda exc: self._error("kafka"),
                                  settings.route_backlog)
@@ -89,7 +95,8 @@ class ClusterRouter(LocalRouter):
     async def start(self, ready_timeout_s: float | None = None) -> None:
         """Start the backends' loops; wait (bounded) until our topic is consumed, never fail."""
         self._tasks = [asyncio.create_task(self.membership.run(), name="etcd"),
-                       asyncio.create_task(self.registry.run(REFRESH_S, lambda: dict(self._values)), name="redis"),
+                       asyncio.create_task(self.registry.run(REFRESH_S, self._reclaim), name="redis"),
+                       asyncio.create_task(self.directory.run(), name="redis-groups"),
                        asyncio.create_task(self.registry.lookups(), name="redis-lookups"),
                        asyncio.create_task(self.bus.run(), name="kafka"),
                        asyncio.create_task(self.bus.drain(), name="kafka-produce"),
@@ -110,6 +117,7 @@ class ClusterRouter(LocalRouter):
         await self.membership.leave()  # other nodes stop routing here at once
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.s.timeout_s)
+        await self.directory.release()
         await self.registry.close(dict(self._values))
         await self.bus.close()
 
@@ -139,6 +147,11 @@ class ClusterRouter(LocalRouter):
             if value is not None:
                 self._spawn(self.registry.release(session.user, value))
 
+    def _reclaim(self) -> dict[str, str]:
+        """Redis came back (or restarted: its entries may be gone): every local session and group count again."""
+        self.directory.rewrite(self.groups.names())
+        return dict(self._values)
+
     def heartbeat(self, session: Session) -> None:
         value = self._values.get(session.user)
         if value is not None and self._sessions.get(session.user) is session:
@@ -149,6 +162,108 @@ class ClusterRouter(LocalRouter):
             self.deliveries["local"] += 1
             return True
         return False
+
+    # --- groups ----------------------------------------------------------------------------------
+    def _remote_counts(self, counts: dict | None) -> dict[str, int]:
+        """Members per other live node (fields of nodes not in the etcd listing are a dead node's)."""
+        live = self.membership.nodes
+        return {node: n for node, n in (counts or {}).items() if n > 0 and node != self.node_id and node in live}
+
+    def join(self, session: Session, group: str, done) -> None:
+        """Local at once (members here get messages from now on); the answer, with the members on every live
+        node, once our count is in Redis. Over groups.max_members cluster-wide: undone, group_full."""
+        refused = self.groups.refusal(session, group)
+        if refused is not None:
+            done(refused)
+            return
+        new = self.groups.join(session, group)
+        self.directory.changed(group)
+
+        def counted(counts, error) -> None:
+            total = len(self.groups.members(group)) + sum(self._remote_counts(counts).values())
+            if new and total > self.groups.max_members and group in (session.groups or ()):
+                self.leave(session, group)
+                done((GROUP_FULL, f"group {group} has {self.groups.max_members} members (groups.max_members)"))
+            else:
+                done(total)
+
+        if not self.directory.read(group, counted):
+            counted(None, None)
+
+    def leave(self, session: Session, group: str) -> bool:
+        if super().leave(session, group):
+            self.directory.changed(group)
+            return True
+        return False
+
+    def leave_groups(self, session: Session) -> None:
+        for group in self.groups.leave_all(session):
+            self.directory.changed(group)
+
+    def gsend(self, session: Session, group: str, frame: bytes, done) -> None:
+        """Local members at once; then one record per other live node with members (never one per member),
+        each fanned out there. done(n, written here) once the brokers answered for every record: n counts the
+        members on the nodes whose record they acked."""
+        arrived_ns = time.time_ns()
+        groups = self.groups
+        local = groups.fan_out(group, frame, skip_session=session)
+        groups.deliveries["local"] += local
+
+        def finish(n: int) -> None:
+            groups.messages += 1
+            done(n, local)
+
+        def counted(counts, error) -> None:
+            if error is not None:  # counted as kind=redis: only the members here were addressed
+                self.route_failed += 1
+                finish(local)
+                return
+            targets = self._remote_counts(counts)
+            if not targets:
+                finish(local)
+                return
+            state = {"n": local, "pending": len(targets)}
+
+            def acked(members: int, error) -> None:
+                if error is None:
+                    state["n"] += members
+                    self.group_records["sent"] += 1
+                else:
+                    self._error("kafka")
+                    self.route_failed += 1
+                state["pending"] -= 1
+                if state["pending"] == 0:
+                    finish(state["n"])
+
+            headers = [("ts", str(arrived_ns).encode()), *self._origin, ("f", session.user.encode())]
+            for node, members in targets.items():
+                cb = (lambda members: lambda error: acked(members, error))(members)
+                if not self.bus.submit(self._topic_of(node), kafka_bus.KIND_GROUP, group, frame,
+                                       headers + [("c", str(members).encode())], cb):
+                    self.refused["produce"] += 1
+                    acked(members, "backlog full")
+
+        if not self.directory.read(group, counted):
+            self.refused["lookup"] += 1
+            self.route_failed += 1
+            finish(local)
+
+    def _on_group_record(self, group: str, frame: bytes, headers: dict) -> None:
+        """A group message from another node: every member here but the sender; members the sender's node
+        counted here but who are gone now (left or closed meanwhile) are counted as errors."""
+        self.group_records["received"] += 1
+        written = self.groups.fan_out(group, frame, skip_user=headers.get("f", b"").decode())
+        self.groups.deliveries["remote"] += written
+        m = self.metrics
+        m.messages_sent += written
+        origin_ns = int(headers.get("ts", b"0") or 0)
+        if origin_ns and written:
+            seconds = max(0, time.time_ns() - origin_ns) / 1e9
+            self.route_latency.observe(seconds)
+            m.latency.observe(seconds)
+        missing = int(headers.get("c", b"0") or 0) - written
+        if missing > 0:
+            m.count(m.errors, "remote_group_member_gone", missing)
 
     # --- cross-node ------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -240,6 +355,8 @@ class ClusterRouter(LocalRouter):
                 self._delivered(headers)
             else:
                 self._misrouted(to_user, value, headers)
+        elif kind == kafka_bus.KIND_GROUP:
+            self._on_group_record(to_user, value, headers)
         elif kind == kafka_bus.KIND_KICK:  # the user connected to another node: drop our older session
             if session is not None and self._values.get(to_user) == value.decode():
                 self.unregister(session)  # its entry belongs to the other node now: no delete
@@ -312,10 +429,14 @@ class ClusterRouter(LocalRouter):
                [("", self.forwarded)])
         family("im_gateway_redirected_total", "counter", "Messages consumed here for a user who moved, forwarded "
                "once to their new node.", [("", self.redirected)])
+        family("im_gateway_group_records_total", "counter", "Group messages between nodes: records published to "
+               "another node (sent, acked by the brokers) and consumed here (received); one per node with members "
+               "per message.", by("direction", self.group_records))
         family("im_gateway_route_cache_total", "counter", "Cross-node sends by route cache result (stale: dropped "
                "because the node it named no longer had the user).", by("result", self.cache_counts))
         family("im_gateway_route_pending", "gauge", "Cross-node messages waiting for a backend now, by stage.",
-               by("stage", {"lookup": self.registry.lookups_pending, "produce": self.bus.pending}))
+               by("stage", {"lookup": self.registry.lookups_pending + self.directory.reads_pending,
+                            "produce": self.bus.pending}))
         family("im_gateway_route_refused_total", "counter", "Cross-node sends refused at once because "
                "route_backlog messages already waited for that stage.", by("stage", self.refused))
         family("im_gateway_registry_operations_total", "counter", "Session registry (Redis) operations by result.",
