@@ -237,25 +237,22 @@ def wait_for_metric(gw, name, value, timeout=10.0):
     assert metric(gw, name) == value
 
 
-@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
-def test_the_auth_scheme_is_case_insensitive(gateway, scheme):
+def test_the_auth_scheme_is_case_insensitive_and_nothing_else_passes(gateway):
+    async def status(header):
+        try:
+            async with connect(url(gateway, "alice"), additional_headers={"Authorization": header}) as ws:
+                await ws.send(json.dumps({"type": "ping", "ts": 1}))
+                assert await recv_json(ws) == {"type": "pong", "ts": 1}
+                return 101
+        except InvalidStatus as err:
+            return err.response.status_code
+
     async def go():
-        async with connect(url(gateway, "alice"), additional_headers={"Authorization": f"{scheme} {TOKEN}"}) as ws:
-            await ws.send(json.dumps({"type": "ping", "ts": 1}))
-            return await recv_json(ws)
+        good = [await status(f"{scheme} {TOKEN}") for scheme in ("Bearer", "bearer", "BEARER", "bEaReR")]
+        bad = [await status(h) for h in (f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}", "Bearer", f"Bearer {TOKEN}x")]
+        return good, bad
 
-    assert asyncio.run(go()) == {"type": "pong", "ts": 1}
-
-
-@pytest.mark.parametrize("header", [f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}", "Bearer", f"Bearer {TOKEN}x"])
-def test_other_schemes_and_mangled_tokens_get_401(gateway, header):
-    async def go():
-        with pytest.raises(InvalidStatus) as err:
-            async with connect(url(gateway, "mallory"), additional_headers={"Authorization": header}):
-                pass
-        return err.value.response.status_code
-
-    assert asyncio.run(go()) == 401
+    assert asyncio.run(go()) == ([101] * 4, [401] * 5)
 
 
 def test_no_error_series_before_an_error(gateway):
