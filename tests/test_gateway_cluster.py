@@ -588,8 +588,8 @@ def test_a_group_of_500_over_two_nodes_reaches_all_499_others_once_with_one_reco
             for i in range(per_node):
                 socks[f"ga{i}"] = await member(a, f"ga{i}")
                 socks[f"gb{i}"] = await member(b, f"gb{i}", login=i > 0)  # gb0 joins by frame below
-            await until(lambda: redis_cli(backends, "HGET", "im:group:big", "gw-b") == str(per_node - 1), 20,
-                        "gw-b's login joins in Redis")
+            await until(lambda: redis_cli(backends, "HMGET", "im:group:big", "gw-a", "gw-b").split() ==
+                        [str(per_node), str(per_node - 1)], 30, "both nodes' login joins in Redis")
             await socks["gb0"].send('{"type":"join","group":"big"}')
             joined = await recv(socks["gb0"])
             await socks["ga0"].send('{"type":"gsend","group":"big","id":1,"ts":11,"body":"from a"}')
