@@ -9,6 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from conftest import TOKEN, start_gateway
+from loadgen.gateway.groups import Groups
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MEMBERS = 60
@@ -150,3 +151,37 @@ def test_invalid_group_limits_are_refused_at_start(tmp_path, text):
         load_config(str(cfg))
     cfg.write_text("groups:\n  max_per_user: 5\n  max_members: 7\n")
     assert (load_config(str(cfg)).group_max_per_user, load_config(str(cfg)).group_max_members) == (5, 7)
+
+
+def test_a_group_record_from_another_node_fans_out_here_and_counts_members_gone():
+    """The consuming side of cluster mode, without backends: every member here gets the frame once;
+    members the sender's node counted here who are gone now are counted as errors; dead nodes' counts are ignored."""
+    from types import SimpleNamespace
+
+    from loadgen.gateway.cluster import bus as kafka_bus
+    from loadgen.gateway.cluster.router import ClusterRouter, ClusterSettings
+    from loadgen.gateway.metrics import GatewayMetrics
+
+    class Member:
+        def __init__(self, user, open_=True):
+            self.user, self.groups, self.open, self.frames = user, None, open_, []
+
+        def push(self, frame):
+            if self.open:
+                self.frames.append(frame)
+            return self.open
+
+    groups = Groups()
+    metrics = GatewayMetrics("gw-b", groups)
+    router = ClusterRouter("gw-b", ClusterSettings(["http://127.0.0.1:9"], "redis://127.0.0.1:9/0", "127.0.0.1:9"),
+                           metrics, groups)
+    here = [Member("x"), Member("y"), Member("closing", open_=False)]
+    for m in here:
+        groups.join(m, "team")
+    frame = b'{"type":"gmsg","group":"team","from":"alice","id":1,"ts":1,"body":""}'
+    router._on_record(kafka_bus.KIND_GROUP, "team", frame, {"f": b"alice", "c": b"3", "n": b"gw-a"})
+    assert [m.frames for m in here] == [[frame], [frame], []]
+    assert groups.deliveries == {"local": 0, "remote": 2} and router.group_records["received"] == 1
+    assert metrics.errors == {"remote_group_member_gone": 1} and metrics.messages_sent == 2
+    router.membership.nodes = {"gw-a": {}, "gw-b": {}}
+    assert router._remote_counts({"gw-a": 3, "gw-b": 4, "gw-dead": 9, "gw-empty": 0}) == {"gw-a": 3}

@@ -100,13 +100,18 @@ def test_what_is_accepted_is_written_back_as_strict_json():
                  st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
                               | st.text(st.characters(exclude_categories=()), max_size=20),  # lone surrogates too
                               lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
-                                  ["type", "to", "id", "ts", "body", "x"]), c, max_size=5), max_leaves=10)
-                 .map(lambda o: json.dumps(o).encode())))
+                                  ["type", "to", "id", "ts", "body", "group", "x"]), c, max_size=5), max_leaves=10)
+                 .map(lambda o: json.dumps(o).encode()),
+                 # frames of every known type with fields of any shape: the group frames get reached too
+                 st.fixed_dictionaries({"type": st.sampled_from(protocol.COMMANDS)}, optional={
+                     k: st.none() | st.integers() | st.floats() | st.sampled_from(["g1", "bob", "bad id", "\ud800"])
+                     for k in ("to", "id", "ts", "body", "group")}).map(lambda o: json.dumps(o).encode())))
 def test_parser_never_raises_on_hostile_input(raw):
     result = protocol.parse_client_frame(raw)
     assert isinstance(result, (protocol.Command, protocol.ProtocolError))
     if isinstance(result, protocol.Command):  # anything accepted can be answered, in JSON
-        out = protocol.deliver_frame("u", result) if result.type == "send" else protocol.pong_frame(result)
+        out = {"send": protocol.deliver_frame, "gsend": protocol.group_deliver_frame}.get(
+            result.type, lambda u, r: protocol.pong_frame(r))("u", result)
         json.loads(out, parse_constant=lambda c: 1 / 0)
     else:
         json.loads(protocol.error_frame(result.kind, result.detail, result.id))
