@@ -81,7 +81,7 @@ def agent(tmp: str, gw: Gateway, model: str, vus: int, rate: float, seconds: int
             p.kill()
         proc.communicate()
     sampler.stop()
-    cpu = sampler.samples[-1][1] if sampler.samples else 0.0
+    cpu = max((c for _, c in sampler.samples), default=0.0)  # an exited process reads as 0: the last live sample
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     m = s["messages"]

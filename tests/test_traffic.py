@@ -300,3 +300,38 @@ def test_churn_closes_and_reopens_sessions_with_exact_accounting(gateway, tmp_pa
     assert s["connections"]["success_rate"] == 1.0
     for name, f in s["by_type"].items():
         assert f["owed"] == f["received"] + f["errors"] and f["lost"] == 0, name
+
+
+GROUP_MIX = """
+traffic:
+  arrival: poisson
+  types:
+    text:  {weight: 50, size: 200}
+    group: {weight: 50, size: {uniform: [100, 400]}, to: group}
+  groups: {members: 1.0, size: %s}
+"""
+
+
+@pytest.mark.parametrize("users, size, rate", [(40, "{table: {10: 1}}", 2), (500, 500, 0.02)])
+def test_group_messages_reach_every_other_member_exactly_accounted(gateway, tmp_path, users, size, rate):
+    """Against the real reference gateway: a group message owes the ack's n deliveries (every other member),
+    and every one of them arrives; groups of 10, and one group of 500 (each message to all 499 others)."""
+    model_file = tmp_path / "groups.yaml"
+    model_file.write_text(GROUP_MIX % size)
+    out = tmp_path / "o"
+    r = run_loadgen("run", "throughput", "--vus", str(users), "--rate", str(rate), "--duration", "5s",
+                    "--workers", "1", "--traffic", str(model_file), "-e", f"GATEWAY_PORT={gateway.port}",
+                    "--out", str(out), "--criterion", "gateway_cpu_percent=off",
+                    "--criterion", "gateway_rss_growth_bytes_per_min=off", "--criterion", "message_p99_ms<10000",
+                    "--criterion", "throughput_per_s=off")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    group, text = s["by_type"]["group"], s["by_type"]["text"]
+    members = 10 if users == 40 else 500
+    assert group["sent"] > 5 and group["acked"] == group["sent"] and group["errors"] == 0
+    # sent x recipients = delivered + counted errors: every member connected all along, so n = members - 1
+    assert group["owed"] == group["sent"] * (members - 1) == group["received"] and group["lost"] == 0
+    assert group["fan_out"] == members - 1 and group["latency_ms"]["count"] == group["received"]
+    assert text["owed"] == text["sent"] == text["received"] + text["errors"] and text["lost"] == 0
+    m = s["messages"]
+    assert m["owed"] == group["owed"] + text["owed"] == m["received"] + m["error_frames"]

@@ -451,7 +451,10 @@ def _evidence(run: RunData, connections: dict, messages: dict, connect: dict, la
         "connect_p95_ms": f"merged connect-time histogram of {connect['count']:,} handshakes from {n_agents_data} agent(s)",
         "message_p99_ms": f"merged latency histogram of {latency['count']:,} messages (receive time - scheduled send time)",
         "message_success_rate": f"{messages['received']:,} received of {offered:,} offered "
-        f"({messages['sent']:,} sent + {messages['send_failed']:,} not sendable)",
+        f"({messages['sent']:,} sent + {messages['send_failed']:,} not sendable)" if "owed" not in messages else
+        f"{messages['received']:,} received of {messages['owed'] + messages['send_failed']:,} offered deliveries "
+        f"({messages['owed']:,} owed by {messages['sent']:,} messages with fan-out + {messages['send_failed']:,} "
+        "not sendable)",
         "session_p95_s": f"merged histogram of {session['count']:,} ended sessions",
         "throughput_per_s": f"messages received per hold second, per worker (first hold second excluded), summed over "
         f"{hold_workers} worker(s); offered {pf['offered_msgs_per_s'] or 0:,.0f} msg/s",

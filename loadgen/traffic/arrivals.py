@@ -72,6 +72,8 @@ class Arrivals:
         """The time after t by which the modulated rate has offered `work` messages."""
         if self.rate <= 0:
             return math.inf
+        if not self.modulators:
+            return t + work / self.rate
         remaining = work / self.rate
         for _ in range(10_000):  # bounded: a change point per window; far fewer in practice
             mult, change = self.multiplier(t)

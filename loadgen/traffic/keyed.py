@@ -26,6 +26,23 @@ def user_key(seed: int, name: str) -> int:
     return h
 
 
+INV_2_32 = 1.0 / (1 << 32)
+
+
+def message_draws(key: int, seq: int) -> tuple[float, float, float]:
+    """The three uniform draws of a user's seq-th message, in (0, 1): its gap (53 bits), its type and its size
+    (32 bits each, from a second round of the hash). splitmix64 inlined twice: the agent's per-message path."""
+    x = ((key ^ (seq * GOLDEN & MASK)) + GOLDEN) & MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    x ^= x >> 31
+    y = (x + GOLDEN) & MASK
+    y = ((y ^ (y >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    y = ((y ^ (y >> 27)) * 0x94D049BB133111EB) & MASK
+    y ^= y >> 31
+    return ((x >> 11) + 0.5) * INV_2_53, ((y >> 32) + 0.5) * INV_2_32, ((y & 0xFFFFFFFF) + 0.5) * INV_2_32
+
+
 def uniform(key: int, seq: int, stream: int) -> float:
     """A uniform draw in the open interval (0, 1)."""
     h = splitmix64(key ^ ((seq << 3 | stream) * GOLDEN & MASK))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from array import array
 
 from loadgen.traffic import keyed
@@ -47,7 +48,7 @@ class TrafficSchedule:
             return
         gen = self._generation.get(user, -1) + 1
         self._generation[user] = gen
-        u = keyed.uniform(self.keys[user], self.seq[user], keyed.GAP)
+        u = keyed.message_draws(self.keys[user], self.seq[user])[0]
         first = self.arrivals.first(self._t(now_ns), u)
         if first != float("inf"):
             heapq.heappush(self._heap, (self._ns(first), user, gen))
@@ -63,17 +64,18 @@ class TrafficSchedule:
 
     def draw(self, user: int, seq: int) -> tuple[int, int]:
         """(type index, size in bytes) of a user's seq-th message."""
-        key = self.keys[user]
+        _gap, u_type, u_size = keyed.message_draws(self.keys[user], seq)
         groups = self.in_group
         cum = self.model.cum if groups is None or groups[user] else self.model.cum_peer
-        kind = bisect.bisect_left(cum, keyed.uniform(key, seq, keyed.TYPE))
-        size = int(self.sizes[kind].sample(keyed.uniform(key, seq, keyed.SIZE)) + 0.5)
-        return kind, size
+        kind = bisect.bisect_left(cum, u_type)
+        return kind, int(self.sizes[kind].sample(u_size) + 0.5)
 
     def due(self, now_ns: int, limit: int = 1 << 30):
         """Yield (user, scheduled_ns, type index, size) for every send due by now_ns."""
         heap, generation, seq = self._heap, self._generation, self.seq
-        arrivals, keys = self.arrivals, self.keys
+        arrivals, keys, t0 = self.arrivals, self.keys, self.t0_ns
+        cum_all, cum_peer, groups, sizes = self.model.cum, self.model.cum_peer, self.in_group, self.sizes
+        poisson, draws, log, bisect_left = arrivals.poisson, keyed.message_draws, math.log, bisect.bisect_left
         n = 0
         while heap and heap[0][0] <= now_ns and n < limit:
             due_ns, user, gen = heap[0]
@@ -82,11 +84,12 @@ class TrafficSchedule:
                 continue
             k = seq[user] + 1
             seq[user] = k
-            nxt = arrivals.advance(self._t(due_ns), arrivals.gap(keyed.uniform(keys[user], k, keyed.GAP)))
-            if nxt == float("inf"):
+            u_gap, u_type, u_size = draws(keys[user], k)  # the same draws as draw(user, k)
+            nxt = arrivals.advance((due_ns - t0) / 1e9, -log(u_gap) if poisson else 1.0)
+            if nxt == math.inf:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (self._ns(nxt), user, gen))
+                heapq.heapreplace(heap, (t0 + int(nxt * 1e9), user, gen))
             n += 1
-            kind, size = self.draw(user, k)
-            yield user, due_ns, kind, size
+            kind = bisect_left(cum_all if groups is None or groups[user] else cum_peer, u_type)
+            yield user, due_ns, kind, int(sizes[kind].sample(u_size) + 0.5)
