@@ -22,6 +22,18 @@ def summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
+def wait_until_active(out, n: int, proc, timeout: float = 60) -> None:
+    """Until the agent's latest second shows n open connections (a busy machine starts agents slowly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "timeseries.csv").exists():
+            rows = read_rows(out)
+            if rows and sum(int(r["active"]) for r in rows if r["ts"] == rows[-1]["ts"]) >= n:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the agent never held {n} connections")
+
+
 def test_throughput_scenario_measures_every_message(gateway, tmp_path):
     out = tmp_path / "t"
     r = run_loadgen("run", "throughput", "--vus", "20", "--rate", "10", "--duration", "4s", "--workers", "2",
@@ -119,9 +131,9 @@ def test_gateway_killed_mid_run_is_recorded_and_summary_written(tmp_path):
     out = tmp_path / "k"
     env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
     proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "throughput", "--vus", "30", "--rate", "5",
-                             "--duration", "6s", "-e", f"GATEWAY_PORT={gw.port}", "--out", str(out), "--workers", "1"],
+                             "--duration", "10s", "-e", f"GATEWAY_PORT={gw.port}", "--out", str(out), "--workers", "1"],
                             env={**env, "AUTH_TOKEN": TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    wait_until_active(out, 30, proc)
     gw.stop(signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 99, stdout + stderr  # criteria fail; the run itself completes
@@ -194,10 +206,10 @@ def test_gateway_closing_on_us_is_a_disconnect_by_gateway_and_no_reconnect_is_ho
     try:
         out = tmp_path / "n"
         env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
-        proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "connection", "--vus", "10", "--duration", "6s",
+        proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "connection", "--vus", "10", "--duration", "10s",
                                  "--rate", "1", "-e", f"GATEWAY_PORT={gw.port}", "--out", str(out), "--workers", "1",
                                  "--reconnect", "none", "--quiet"], env={**env, "AUTH_TOKEN": TOKEN})
-        time.sleep(3)
+        wait_until_active(out, 10, proc)
         gw.stop(signal.SIGTERM)  # a graceful stop closes every session with a close frame
         try:
             proc.wait(20)
