@@ -62,6 +62,8 @@ def _run_parser(sub) -> None:
                    help="traffic model: constant, chat-mix, or a YAML file with a traffic: section (docs/traffic.md)")
     p.add_argument("--seed", help="seed of the traffic model's draws: the same seed, the same schedule (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")
+    p.add_argument("--protocol", metavar="NAME|FILE",
+                   help="protocol profile: reference (default), xmpp, mqtt, or a profile file (docs/protocols.md)")
     p.add_argument("--closed-loop", action="store_true",
                    help="echo as fast as replies come, one in flight per connection (k6-style benchmark; "
                         "latency is per round trip, coordinated omission is inherent); no --rate")
@@ -113,7 +115,9 @@ def _cmd_run(args) -> int:
         plan = plan_from_args(args, env)
     if not plan.out_dir:
         plan = plan.replace(out_dir=os.path.join("loadgen-out", f"{plan.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    plan = hostplan.fit(plan, hostplan.token(args.token_file, env.get("AUTH_TOKEN")))
+    needs_token = plan.protocol_profile.needs_token  # a profile without {token} needs none
+    plan = hostplan.fit(plan, hostplan.token(args.token_file, env.get("AUTH_TOKEN")) if needs_token else
+                        (hostplan.token(args.token_file, None) if args.token_file else env.get("AUTH_TOKEN", "")))
     return Agent(plan).run()
 
 

@@ -141,6 +141,7 @@ def make_run(path: str, agents: list[AgentSpec], *, stages=("20s:120", "40s:120"
             cols["latency_hdr"], cols["connect_hdr"], cols["session_hdr"] = lat_cells, con_cells, ses_cells
             cols["by_type"] = ""
             cols["churns"] = 0
+            cols["login_hdr"] = [""] * n  # the reference protocol has no login steps
             frames.append(pd.DataFrame(cols))
             totals["connects_ok"] += int(opened.sum())
             totals["failed"] += int(failed.sum())

@@ -11,7 +11,7 @@ from loadgen.results.columns import COUNTERS, FAIL_REASONS
 class Interval:
     """Counters and histograms since the last flush. Attributes are the counter names."""
 
-    __slots__ = COUNTERS + ("latency", "connect", "session", "types", "by_type")
+    __slots__ = COUNTERS + ("latency", "connect", "session", "login", "types", "by_type")
 
     def __init__(self, types: list[str] | None = None) -> None:
         """types: the traffic model's message type names (None: no per-type measurement)."""
@@ -25,6 +25,7 @@ class Interval:
         self.connect = hdr.Recorder()
         self.session = hdr.Recorder()
         self.by_type = [bytype.new_counts() for _ in self.types] if self.types else None
+        self.login = hdr.Recorder()
 
     def fail(self, reason: str) -> None:
         name = "fail_" + (reason if reason in FAIL_REASONS else "other")
@@ -38,5 +39,6 @@ class Interval:
         row["latency_hdr"] = hdr.encode(self.latency)
         row["connect_hdr"] = hdr.encode(self.connect)
         row["session_hdr"] = hdr.encode(self.session)
+        row["login_hdr"] = hdr.encode(self.login)
         row["by_type"] = bytype.encode(self.types, self.by_type) if self.types else ""
         return row

@@ -48,22 +48,39 @@ def prepare_out_dir(path: str) -> None:
 
 
 async def _probe_gateway(plan) -> None:
-    """One handshake per endpoint before any load: refuse to run against a dead or wrong target."""
-    from picows import WSListener, ws_connect
+    """One handshake per endpoint before any load: refuse to run against a dead or wrong target. The probe
+    closes politely (close frame 1000, then waits briefly for the gateway's), so gateways log no 1006."""
+    from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
 
+    class Probe(WSListener):
+        def on_ws_frame(self, transport, frame) -> None:
+            if frame.msg_type == WSMsgType.CLOSE:
+                transport.disconnect()
+
+    user = f"preflight-{os.getpid()}"
+    proto = None if plan.builtin_protocol else plan.protocol_profile
+    if proto is None:
+        path, headers = f"{plan.path}?user={user}", {"Authorization": f"Bearer {plan.token}"}
+    else:
+        values = proto.connection_values(user.encode(), plan.token)
+        path = proto.path.render(values).decode()
+        headers = {name: tpl.render(values).decode() for name, tpl in proto.headers}
     for host, port in plan.endpoints:
-        url = f"ws://{host}:{port}{plan.path}?user=preflight-{os.getpid()}"
+        url = f"ws://{host}:{port}{path}"
         try:
             transport, _ = await asyncio.wait_for(
-                ws_connect(WSListener, url, extra_headers={"Authorization": f"Bearer {plan.token}"},
-                           websocket_handshake_timeout=5, logger_name=None), 6)
+                ws_connect(Probe, url, extra_headers=headers, websocket_handshake_timeout=5, logger_name=None), 6)
         except Exception as exc:
             reason = classify_connect_error(exc)
             if reason == "auth":
                 raise LoadgenError(f"gateway {host}:{port} rejected AUTH_TOKEN (HTTP 401)") from None
             detail = {"refused": "connection refused", "timeout": "no answer within 5 s"}.get(reason, str(exc) or reason)
             raise LoadgenError(f"gateway {host}:{port} unreachable: {detail}") from None
-        transport.disconnect()
+        transport.send_close(WSCloseCode.OK)
+        try:
+            await asyncio.wait_for(transport.wait_disconnected(), 2)
+        except (TimeoutError, asyncio.TimeoutError):
+            transport.disconnect()
 
 
 def preflight(plan) -> None:
@@ -78,6 +95,7 @@ class Totals:
         self.latency = hdr.new_histogram()
         self.connect = hdr.new_histogram()
         self.session = hdr.new_histogram()
+        self.login = hdr.new_histogram()
         self.hold: dict[int, list[int]] = {}  # per worker: received in its first hold row, in the later ones, their number
         self.hold_span: list[float] = []
         self.first_ts = None
@@ -92,6 +110,7 @@ class Totals:
         hdr.merge_encoded(self.latency, row["latency_hdr"])
         hdr.merge_encoded(self.connect, row["connect_hdr"])
         hdr.merge_encoded(self.session, row["session_hdr"])
+        hdr.merge_encoded(self.login, row["login_hdr"])
         ts = row["ts"]
         if row["phase"] == "hold":
             hold = self.hold.get(row["worker"])
@@ -119,6 +138,7 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
     connect = hdr.percentiles_ms(totals.connect)
     latency = hdr.percentiles_ms(totals.latency)
     session = hdr.percentiles_ms(totals.session)
+    login = hdr.percentiles_ms(totals.login)
     gateway_figures = gateway.scraped_figures(gateway_rows, tuple(totals.hold_span) if totals.hold_span else None)
     rows = evaluate(plan.criteria, figures.criteria_metrics(connections, messages, connect, latency, session,
                                                             gateway_figures) | bytype.criteria_metrics(by_type))
@@ -141,16 +161,20 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
                  "rate_per_user": plan.rate, "message_size": plan.message_size, "mode": plan.mode,
                  "endpoints": [f"{h}:{p}" for h, p in plan.endpoints], "workers": plan.workers,
                  "local_ips": plan.local_ips, "offered_msgs_per_s": plan.offered_msgs_per_s,
-                 "traffic": plan.traffic["name"] if plan.traffic else "constant", "seed": plan.seed},
+                 "traffic": plan.traffic["name"] if plan.traffic else "constant", "seed": plan.seed,
+                 "closed_loop": plan.closed_loop},
+        "protocol": {"name": plan.protocol_profile.name, "digest": plan.protocol_profile.digest,
+                     "path": "built-in" if plan.builtin_protocol else "profile"},
         "connections": connections,
         "connect_ms": connect,
+        "login_ms": login,
         "messages": messages,
         "latency_ms": latency,
         "by_type": by_type,
         "session_s": figures.session_seconds(session),
         "gateway": gateway_figures,
         "histograms": {"latency": hdr.encode(totals.latency), "connect": hdr.encode(totals.connect),
-                       "session": hdr.encode(totals.session)},
+                       "session": hdr.encode(totals.session), "login": hdr.encode(totals.login)},
         "criteria": rows,
         "status": status,
         "partial_reasons": partial_reasons,

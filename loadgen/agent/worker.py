@@ -20,11 +20,13 @@ import signal
 import socket
 import time
 from array import array
+from collections import deque
 
 import picows
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
 
 from loadgen.agent import frames
+from loadgen.agent.login import LoginFailed, run_login
 from loadgen.results import histogram as hdr
 from loadgen.agent.interval import Interval
 from loadgen.agent.pairs import PairLatency, node_index
@@ -36,7 +38,7 @@ from loadgen.traffic import keyed
 from loadgen.traffic.model import TYPE_BITS
 from loadgen.traffic.schedule import TrafficSchedule
 
-TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
+TEXT, BINARY, CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 # Per-connection memory (bench/README.md): picows' smallest read buffer (it grows by itself for bigger
 # frames), no aiofastnet (+5 KB per connection) except in closed loop (few connections, ~10 % less CPU per
 # message measured), and one shared logger adapter (picows creates a child Logger per connection when
@@ -201,6 +203,66 @@ class LoopConn(LoopLogic, Conn):
         w.totals_sent += 1
 
 
+class ProfileConn(ConnLogic, WSListener):
+    """A connection speaking a protocol profile (loadgen.protocols): frames buffered for the login steps
+    until they are done, then classified by the profile's inbound rules."""
+
+    __slots__ = ("w", "slot", "transport", "established_ns", "planned", "closed_by_gateway", "sent_ns",
+                 "acts", "user", "login_frames", "login_wake")
+
+    def __init__(self, worker: "Worker", slot: int) -> None:
+        super().__init__()
+        self.w = worker
+        self.slot = slot
+        self.transport = None
+        self.established_ns = 0
+        self.planned = False
+        self.closed_by_gateway = False
+        self.sent_ns = 0  # closed loop: send time of the echo in flight (0: none)
+        self.acts = None  # the profile's frames bound to this connection, after login
+        self.user = b""
+        self.login_frames = deque()  # a server may speak first: buffered from the upgrade on
+        self.login_wake = None
+
+    def on_ws_frame(self, transport, frame) -> None:
+        kind = frame.msg_type
+        if kind == TEXT or kind == BINARY:
+            payload = frame.get_payload_as_bytes()
+            if self.login_frames is not None:
+                self.login_frames.append(payload)
+                self.wake_login()
+                return
+            w = self.w
+            kind = w.on_text(payload, self.slot)
+            if self.sent_ns and (kind == frames.MSG or kind == frames.ERROR):
+                self.sent_ns = 0  # the round trip ended (its ts was the send time): go on with the next
+                if w.sending and not self.planned:
+                    self.send_next(time.monotonic_ns())
+        elif kind == CLOSE:
+            self.on_close_frame(transport)
+
+    def wake_login(self) -> None:
+        wake = self.login_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def on_ws_disconnected(self, transport) -> None:
+        self.wake_login()
+        self.w.on_disconnected(self)
+
+    def send_next(self, now_ns: int) -> None:
+        """Closed loop: the next echo of this connection, timed from now."""
+        w = self.w
+        w.seq += 1
+        data = self.acts.echo(self.user, self.user, w.seq, now_ns, w.body, b"")
+        self.sent_ns = now_ns
+        self.transport.send(w.msg_type, data)
+        iv = w.iv
+        iv.msgs_sent += 1
+        iv.bytes_sent += len(data)
+        w.totals_sent += 1
+
+
 def _load_echoloop():
     """The C closed loop when it is built for the installed picows, else None (LOADGEN_PURE_PYTHON=1
     forces the Python one). It cimports picows' classes: another picows version could crash it."""
@@ -239,12 +301,20 @@ class Worker:
         self.rng = random.Random(os.getpid())
         agent = re.sub(r"[^A-Za-z0-9_.:-]", "_", plan.agent_id)[:60]
         self.uid_prefix = f"{agent}-{index}-"  # user id of slot s: prefix + s (made when needed, not stored)
-        self.url_bases = [f"ws://{host}:{port}{plan.path}?user=" for host, port in plan.endpoints]
+        # a protocol profile other than the shipped reference one: the profile path (ProfileConn)
+        self.proto = None if getattr(plan, "builtin_protocol", True) else plan.protocol_profile
+        self.msg_type = BINARY if self.proto is not None and self.proto.binary else TEXT
+        self.classify = frames.classify if self.proto is None else self.proto.classify
+        # without an ack in the protocol, a delivery ends its sender's in-flight count (peer mode's quiet period)
+        self.delivery_ends_send = self.proto is not None and not self.proto.has_ack
+        self.url_bases = [f"ws://{host}:{port}{plan.path}?user=" for host, port in plan.endpoints] \
+            if self.proto is None else [f"ws://{host}:{port}" for host, port in plan.endpoints]
         self.closed_loop = getattr(plan, "closed_loop", False)
         # closed loop: the C per-reply path when built (its counters are drained into iv at each flush)
         self.echo_stats = echoloop.EchoStats(frames.make_body(plan.message_size)) \
-            if self.closed_loop and echoloop is not None else None
-        self.conn_class = (FastLoopConn if self.echo_stats is not None else LoopConn) if self.closed_loop else Conn
+            if self.closed_loop and echoloop is not None and self.proto is None else None
+        self.conn_class = ProfileConn if self.proto is not None else \
+            (FastLoopConn if self.echo_stats is not None else LoopConn) if self.closed_loop else Conn
         self.headers = {"Authorization": f"Bearer {plan.token}"}
         # peer mode quiesces a closing pair (loadgen.agent.slots); the echo modes have no partner to wait for
         quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) if plan.mode == "peer" and not self.closed_loop else 0
@@ -333,11 +403,14 @@ class Worker:
     def group_name(self, group: int) -> str:
         return f"{self.uid_prefix}g{group}"
 
-    def url(self, slot: int) -> str:
-        """Computed per connect rather than stored: an idle slot costs no string."""
+    def url(self, slot: int, values: dict | None = None) -> str:
+        """Computed per connect rather than stored: an idle slot costs no string. values: a profile's."""
         bases = self.url_bases
         # Partners (slot s and s^1) sit on neighbouring endpoints when routing crosses nodes, else on one node.
-        url = bases[node_index(self.plan.pairing, slot, self.index, len(bases))] + self.uid_prefix + str(slot)
+        base = bases[node_index(self.plan.pairing, slot, self.index, len(bases))]
+        if values is not None:
+            return base + self.proto.path.render(values).decode()
+        url = base + self.uid_prefix + str(slot)
         if self.group_of is not None and self.group_of[slot] >= 0:
             url += "&groups=" + self.group_name(self.group_of[slot])  # joined at login
         return url
@@ -350,7 +423,7 @@ class Worker:
     def on_text(self, payload: bytes, slot: int = -1) -> int:
         iv = self.iv
         iv.bytes_received += len(payload)
-        kind, ts = frames.classify(payload)
+        kind, ts = self.classify(payload)
         pending_in, pending_out = self.pending_in, self.pending_out
         if kind == frames.MSG or kind == frames.ECHO:
             iv.msgs_received += 1
@@ -360,8 +433,13 @@ class Worker:
                 iv.latency.record(us)
                 if self.pairs is not None and kind == frames.MSG:
                     self.pairs.record(slot, us)
-            if pending_in is not None and slot >= 0 and pending_in[slot]:
-                pending_in[slot] -= 1
+            if pending_in is not None and slot >= 0:
+                if pending_in[slot]:
+                    pending_in[slot] -= 1
+                if self.delivery_ends_send:
+                    peer = self.slots.peer_of(slot)
+                    if pending_out[peer]:
+                        pending_out[peer] -= 1
         elif kind == frames.ACK:
             iv.msgs_acked += 1
             if pending_out is not None and slot >= 0 and pending_out[slot]:
@@ -463,10 +541,15 @@ class Worker:
         start = time.monotonic_ns()
         ip = self.local_ip(slot)
         cls = self.conn_class
+        values = headers = None
+        if self.proto is not None:
+            values = self.proto.connection_values((self.uid_prefix + str(slot)).encode(), self.plan.token)
+            headers = {name: tpl.render(values).decode() for name, tpl in self.proto.headers}
         try:
             async with asyncio.timeout(self.plan.connect_timeout_s):  # a timer, not wait_for's extra task
                 transport, conn = await ws_connect(
-                    lambda _request=None, _response=None: cls(self, slot), self.url(slot), extra_headers=self.headers,
+                    lambda _request=None, _response=None: cls(self, slot), self.url(slot, values),
+                    extra_headers=self.headers if values is None else headers,
                     websocket_handshake_timeout=self.plan.connect_timeout_s,
                     socket_factory=source_socket(ip) if ip else None, logger_name=PICOWS_LOG,
                     read_buffer_init_size=READ_BUFFER_INIT, use_aiofastnet=self.closed_loop and HAS_AIOFASTNET)
@@ -479,12 +562,26 @@ class Worker:
             self.iv.fail("reset")
             self.slots.open_failed(slot, now)
             return
+        upgraded = now
+        if values is not None:
+            try:
+                await run_login(conn, self.proto, values, self.msg_type)
+            except LoginFailed:
+                transport.disconnect()
+                self.iv.fail("login")
+                self.slots.open_failed(slot, time.monotonic_ns())
+                return
+            conn.acts = self.proto.bind(values)
+            conn.user = values["user"]
+            now = time.monotonic_ns()
+            if self.proto.login:
+                self.iv.login.record((now - upgraded) // 1000)
         conn.established_ns = now
         self.slots.opened(slot, conn)
         if self.model is not None and self.churn is not None:
             self.session_began(slot, conn, now)
         self.iv.connects_ok += 1
-        self.iv.connect.record((now - start) // 1000)
+        self.iv.connect.record((upgraded - start) // 1000)  # TCP + upgrade; a profile's login has its own
         if self.closed_loop:
             if self.sending:
                 conn.send_next(now)
@@ -508,6 +605,8 @@ class Worker:
 
     def _send_close(self, conn: Conn) -> None:
         conn.planned = True
+        if self.proto is not None and conn.acts is not None and conn.acts.close is not None:
+            conn.transport.send(self.msg_type, conn.acts.close)  # the protocol's own goodbye first
         conn.transport.send_close(WSCloseCode.OK)
         asyncio.get_running_loop().call_later(CLOSE_WAIT_S, conn.transport.disconnect)
 
@@ -532,6 +631,7 @@ class Worker:
         iv, state, conns, body, peer_of = self.iv, slots.state, slots.conns, self.body, slots.peer_of
         peer_mode = self.plan.mode == "peer"
         quiescing, pending_in, pending_out = slots.quiescing, self.pending_in, self.pending_out
+        proto, msg_type = self.proto, self.msg_type
         for slot, scheduled in self.sends.due(now_ns):
             if state[slot] != OPEN:
                 iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
@@ -544,13 +644,21 @@ class Worker:
                 if state[peer] != OPEN or conns[peer].planned or peer in quiescing:
                     iv.msgs_skipped += 1  # the partner is not connected (yet): nothing to measure
                     continue
-                data = frames.send_frame((self.uid_prefix + str(peer)).encode(), self.seq, scheduled, body)
+                to = (self.uid_prefix + str(peer)).encode()
+                if proto is None:
+                    data = frames.send_frame(to, self.seq, scheduled, body)
+                else:
+                    conn = conns[slot]
+                    data = conn.acts.send(to, conn.user, self.seq, scheduled, body, b"")
                 if pending_in is not None:
                     pending_in[peer] += 1
                     pending_out[slot] += 1
-            else:
+            elif proto is None:
                 data = frames.echo_frame(self.seq, scheduled, body)
-            conns[slot].transport.send(WSMsgType.TEXT, data)
+            else:
+                conn = conns[slot]
+                data = conn.acts.echo(conn.user, conn.user, self.seq, scheduled, body, b"")
+            conns[slot].transport.send(msg_type, data)
             iv.msgs_sent += 1
             iv.bytes_sent += len(data)
             self.totals_sent += 1
@@ -602,10 +710,17 @@ class Worker:
         self.beat_pos += min(step, high)
         end = int(self.beat_pos)
         state, conns, iv = self.slots.state, self.slots.conns, self.iv
+        proto = self.proto
         for i in range(start, end):
             slot = i % high
             if state[slot] == OPEN and not conns[slot].planned:
-                conns[slot].transport.send(TEXT, frames.ping_frame(now_ns))
+                if proto is None:
+                    conns[slot].transport.send(TEXT, frames.ping_frame(now_ns))
+                else:
+                    beat = conns[slot].acts.heartbeat
+                    if beat is None:  # the protocol has no application heartbeat
+                        continue
+                    conns[slot].transport.send(self.msg_type, beat(b"", b"", 0, now_ns, b"", b""))
                 iv.pings += 1
         if self.beat_pos >= high:
             self.beat_pos -= high * (self.beat_pos // high)

@@ -10,7 +10,7 @@ import re
 
 from loadgen.errors import UsageError
 from loadgen.plan.addresses import parse_endpoint, parse_local_ips
-from loadgen.plan.runplan import MODE_OF, SCENARIOS, RunPlan, check_range
+from loadgen.plan.runplan import MODE_OF, SCENARIOS, RunPlan, check_range, protocol_entry
 from loadgen.plan.stages import MAX_TARGET, Stage, parse_duration, parse_stage
 
 ENV_KEYS = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_HOSTS", "AUTH_TOKEN", "MESSAGE_SIZE")
@@ -27,7 +27,7 @@ DEFAULTS = {
 PLAN_FLAGS = ("vus", "duration", "stage", "rate", "gateways", "start_at", "workers", "local_ips", "agent_id",
               "heartbeat_interval", "connect_timeout", "max_connecting", "criterion", "gateway_metrics",
               "heartbeat_file", "deadman_timeout", "reconnect", "backoff_base", "backoff_cap", "pairing",
-              "close_quiesce", "closed_loop", "traffic", "seed")
+              "close_quiesce", "closed_loop", "traffic", "seed", "protocol")
 
 
 def parse_env_overrides(pairs: list[str]) -> dict:
@@ -149,6 +149,7 @@ def plan_from_args(args, env: dict) -> RunPlan:
         heartbeat_file=args.heartbeat_file,
         gateway_metrics=list(args.gateway_metrics or []),
         closed_loop=closed_loop,
+        protocol=protocol_entry(args.protocol) if getattr(args, "protocol", None) else None,
         out_dir=args.out,
         quiet=args.quiet,
         **given,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from loadgen.errors import UsageError
 from loadgen.plan import criteria as crit
 from loadgen.plan.stages import Profile, Stage, parse_stage
+from loadgen.protocols import profile as protocols
 
 SCHEMA = "loadgen-plan/1"
 SCENARIOS = ("connection", "throughput", "cluster")
@@ -113,6 +114,8 @@ class RunPlan(Load):
     closed_loop: bool = False  # echo, one in flight per connection: latency per round trip (bench/README.md)
     traffic: dict | None = None  # the traffic model (loadgen.traffic.model, docs/traffic.md); None: constant
     seed: int = 0  # keys every draw of the traffic model: the same seed gives the same schedule
+    # the protocol profile the agents speak, whole ({name, digest, profile}: docs/protocols.md); None: reference
+    protocol: dict | None = None
     # Where this run happens, not what it is: never written to plan.json (the token travels only by
     # environment or mode-600 file).
     token: str = field(default="", repr=False, compare=False, metadata={"local": True})
@@ -121,6 +124,7 @@ class RunPlan(Load):
 
     def __post_init__(self) -> None:
         check_choice(self.scenario, "scenario", SCENARIOS)
+        self._protocol = protocol_of(self.protocol)
         self._check_load()
         check_choice(self.mode, "mode", MODES)
         if self.closed_loop and (self.rate or self.mode != "echo"):
@@ -167,11 +171,10 @@ class RunPlan(Load):
             raise UsageError(f"--traffic {model.name}: a traffic model sends to partners and groups; "
                              "it needs the throughput or cluster scenario")
         # A protocol profile frames what the model sends; until a profile can express typed traffic, only the
-        # reference protocol carries a model other than the constant one (issue 15: refused at plan time).
-        protocol = getattr(self, "protocol", None)
-        if protocol not in (None, "reference") and not model.is_constant:
-            raise UsageError(f"--traffic {model.name}: protocol {protocol!r} cannot express typed messages; "
-                             "use --traffic constant")
+        # reference protocol on its built-in path carries a traffic model (issue 15: refused at plan time).
+        if not self.builtin_protocol:
+            raise UsageError(f"--traffic {model.name}: protocol {self._protocol.name!r} cannot express typed "
+                             "messages yet; use --traffic constant")
         for name, kind in typed:
             if kind not in model.names:
                 raise UsageError(f"criterion {name}: traffic {model.name} has no type {kind!r} "
@@ -183,6 +186,16 @@ class RunPlan(Load):
     def traffic_model(self):
         """The parsed traffic model, or None (today's constant behaviour)."""
         return self._traffic_model
+
+    @property
+    def protocol_profile(self) -> protocols.Profile:
+        """The compiled profile (checked once, when the plan was built or read)."""
+        return self._protocol
+
+    @property
+    def builtin_protocol(self) -> bool:
+        """The shipped reference profile unchanged: the agent's built-in path (frames.py, the C closed loop)."""
+        return self._protocol.digest == reference_digest()
 
     def with_criteria(self, overrides: list[str]) -> "RunPlan":
         """The spec's criteria for this scenario at this plan's scale, with --criterion overrides applied."""
@@ -239,6 +252,33 @@ class RunPlan(Load):
 
 
 _JSON_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "dict": (dict,)}
+_REFERENCE: list = []
+
+
+def reference_digest() -> str:
+    if not _REFERENCE:
+        _REFERENCE.append(protocols.load("reference"))
+    return _REFERENCE[0].digest
+
+
+def protocol_entry(name_or_path: str) -> dict:
+    """--protocol NAME|FILE -> the plan's protocol entry: the whole profile, its name and digest."""
+    raw = protocols.read(name_or_path)
+    compiled = protocols.compile_profile(raw)
+    return {"name": compiled.name, "digest": compiled.digest, "profile": raw}
+
+
+def protocol_of(entry) -> protocols.Profile:
+    """A plan's protocol entry -> the compiled profile, its digest checked (None: the shipped reference)."""
+    if entry is None:
+        reference_digest()
+        return _REFERENCE[0]
+    if not isinstance(entry, dict) or set(entry) != {"name", "digest", "profile"}:
+        raise UsageError("plan: protocol must be {name, digest, profile}")
+    compiled = protocols.compile_profile(entry["profile"], entry["digest"])
+    if compiled.name != entry["name"]:
+        raise UsageError(f"plan: protocol name {entry['name']!r} is not the profile's name {compiled.name!r}")
+    return compiled
 
 
 def _json_type_ok(annotation: str, value) -> bool:
