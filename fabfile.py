@@ -58,11 +58,13 @@ def _list(value):
         "traffic": "traffic model: constant, chat-mix or a YAML file (docs/traffic.md; default: the scenario's)",
         "seed": "seed of the traffic model's draws (default 0): the same seed, the same schedule",
         "reports_dir": "where run directories go (default reports/)",
+        "protocol": "protocol profile: reference (default), xmpp, mqtt or a profile file (docs/protocols.md); "
+                    "else the inventory's loadgen_protocol",
     },
 )
 def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, duration=None, stage=None,
                  rate=None, message_size=None, min_generators=None, probe_interval=None, deadman_timeout="60s",
-                 token_file=None, criterion=None, reports_dir="reports", traffic=None, seed=None):
+                 token_file=None, criterion=None, reports_dir="reports", traffic=None, seed=None, protocol=None):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
 
@@ -70,7 +72,7 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, d
                         stages=_list(stage), rate=_text(rate), message_size=_text(message_size),
                         min_generators=_text(min_generators), probe_interval=_text(probe_interval),
                         deadman_timeout=str(deadman_timeout), token_file=token_file, criteria=_list(criterion),
-                        reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed)))
+                        reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed), protocol=_text(protocol)))
 
 
 @task(klass=OptionTask, short={"inventory": "i"}, help={"inventory": "Ansible inventory (default inventory/local)"})

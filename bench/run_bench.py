@@ -206,7 +206,9 @@ def run_bounded(args, env, timeout: float, on_start=None):
 
 
 # --- workloads -------------------------------------------------------------------------------------
-def echo(tool: str, a, server_bin: str, tmp: str, cpus_gen="1", cpus_target="0", workers: int = 1) -> dict:
+def echo(tool: str, a, server_bin: str, tmp: str, cpus_gen="1", cpus_target="0", workers: int = 1,
+         extra: tuple = (), env_extra: dict | None = None) -> dict:
+    """extra: more `loadgen run` flags (e.g. --protocol FILE); env_extra: the agent's environment additions."""
     target = Target(server_bin, cpus_target)
     try:
         out = os.path.join(tmp, f"echo-{tool}-{workers}-{time.monotonic_ns()}")
@@ -216,7 +218,8 @@ def echo(tool: str, a, server_bin: str, tmp: str, cpus_gen="1", cpus_target="0",
         else:
             args, env = agent_cmd(target, out, cpus_gen, "throughput", "--closed-loop", "--vus", str(a.echo_conns),
                                   "--duration", f"{a.echo_seconds}s", "--workers", str(workers),
-                                  "-e", f"MESSAGE_SIZE={a.size}")
+                                  "-e", f"MESSAGE_SIZE={a.size}", *extra)
+            env = {**env, **(env_extra or {})}
         t0, rc, so, se, sampler = run_bounded(args, env, a.echo_seconds + 90)
         # steady window: from 3 s after the first echoed frame, for echo_seconds - 6 s
         first = next((t for t, _, _, f in target.stats if f > 0), None)

@@ -116,8 +116,7 @@ def _cmd_run(args) -> int:
     if not plan.out_dir:
         plan = plan.replace(out_dir=os.path.join("loadgen-out", f"{plan.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"))
     needs_token = plan.protocol_profile.needs_token  # a profile without {token} needs none
-    plan = hostplan.fit(plan, hostplan.token(args.token_file, env.get("AUTH_TOKEN")) if needs_token else
-                        (hostplan.token(args.token_file, None) if args.token_file else env.get("AUTH_TOKEN", "")))
+    plan = hostplan.fit(plan, hostplan.token(args.token_file, env.get("AUTH_TOKEN")) if needs_token else "")
     return Agent(plan).run()
 
 

@@ -317,7 +317,10 @@ class Worker:
             (FastLoopConn if self.echo_stats is not None else LoopConn) if self.closed_loop else Conn
         self.headers = {"Authorization": f"Bearer {plan.token}"}
         # peer mode quiesces a closing pair (loadgen.agent.slots); the echo modes have no partner to wait for
-        quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) if plan.mode == "peer" and not self.closed_loop else 0
+        # (and on the profile path, echo mode too: a real server's echo can take a while, and an echo still on
+        # its way when the close goes is lost)
+        quiesce = (plan.mode == "peer" or self.proto is not None) and not self.closed_loop
+        quiesce_ns = int(getattr(plan, "close_quiesce_s", 0) * 1e9) if quiesce else 0
         self.slots = Slots(n, self.rng, quiesce_ns=quiesce_ns, reconnect=plan.reconnect,
                            backoff_base_s=plan.backoff_base_s, backoff_cap_s=plan.backoff_cap_s)
         # the receive path's in-flight counts: the slots' arrays themselves, bound once (no lookup per message)
@@ -452,7 +455,7 @@ class Worker:
             if pending_out is not None and slot >= 0:  # a refused send: to the partner, not received
                 if pending_out[slot]:
                     pending_out[slot] -= 1
-                peer = self.slots.peer_of(slot)
+                peer = self.slots.peer_of(slot) if self.plan.mode == "peer" else slot  # an echo: to itself
                 if pending_in[peer]:
                     pending_in[peer] -= 1
         return kind
@@ -658,6 +661,8 @@ class Worker:
             else:
                 conn = conns[slot]
                 data = conn.acts.echo(conn.user, conn.user, self.seq, scheduled, body, b"")
+                if pending_in is not None:  # on its way back to this user: its close waits for it
+                    pending_in[slot] += 1
             conns[slot].transport.send(msg_type, data)
             iv.msgs_sent += 1
             iv.bytes_sent += len(data)

@@ -29,7 +29,7 @@ from loadgen.host import read_token_file
 from loadgen.plan.addresses import parse_local_ips
 from loadgen.plan.cluster import FleetPlan, new_run_id
 from loadgen.plan.options import choose_stages, parse_int, parse_number, traffic_arg
-from loadgen.plan.runplan import RunPlan
+from loadgen.plan.runplan import RunPlan, protocol_entry
 from loadgen.plan.stages import parse_duration
 from loadgen.results.verdict import EXIT_CODES
 
@@ -56,6 +56,7 @@ class Options:
     lead_s: float | None = None
     traffic: str | None = None  # NAME|FILE (docs/traffic.md); None: the inventory's loadgen_traffic, else the scenario's default
     seed: str | None = None
+    protocol: str | None = None  # NAME|FILE; None: the inventory's loadgen_protocol, else reference
 
 
 def log(msg: str) -> None:
@@ -93,6 +94,7 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
     size, size_name = given("--message-size", opts.message_size, "loadgen_message_size", 1024)
     traffic_name, _ = given("--traffic", opts.traffic, "loadgen_traffic", None)
     seed, seed_name = given("--seed", opts.seed, "loadgen_seed", 0)
+    protocol, _ = given("--protocol", opts.protocol, "loadgen_protocol", None)
     generators = inv.group("generators")
     endpoints = []
     for g in inv.group("gateways"):
@@ -104,7 +106,8 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
         generators=generators, gateways=inv.group("gateways"), endpoints=endpoints,
         min_generators=len(generators) if opts.min_generators is None else parse_int(opts.min_generators, "--min-generators"),
         criteria=list(opts.criteria), deadman_s=parse_duration(opts.deadman_timeout, "--deadman-timeout"),
-        traffic=traffic_arg(traffic_name, opts.scenario), seed=parse_int(seed, seed_name))
+        traffic=traffic_arg(traffic_name, opts.scenario), seed=parse_int(seed, seed_name),
+        protocol=protocol_entry(str(protocol)) if protocol else None)
 
 
 def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:
@@ -167,7 +170,10 @@ class ClusterTest:
                 raise UsageError(f"gateway {g}: gateway_cluster needs {', '.join(missing)} in the inventory")
         pairing = "cross-node" if self.cluster_mode and len(self.plan.endpoints) > 1 else "same-node"
         self.agent_plans = agent_plans(inv, self.plan, pairing)
-        self.token = _token(inv, opts, bool(self.managed) and len(self.managed) == len(self.gateways))
+        # a protocol profile that does not use {token} (XMPP, MQTT...) needs none
+        needs_token = bool(self.managed) or next(iter(self.agent_plans.values())).protocol_profile.needs_token
+        self.token = _token(inv, opts, bool(self.managed) and len(self.managed) == len(self.gateways)) \
+            if needs_token else ""
         self.run_dir = os.path.join(opts.reports_dir, self.plan.run_id)
         self.hosts: dict[str, Host] = {}
         self.agent_state: dict[str, str] = {}
@@ -296,13 +302,15 @@ class ClusterTest:
 
         def one(host: Host):
             wd = workdir(host, self.plan.run_id)
-            host.put_secret(self.token, f"{wd}/token")
+            if self.token:  # a protocol profile without {token} needs none
+                host.put_secret(self.token, f"{wd}/token")
             plan = self.agent_plans[host.name].replace(start_at=start_at)
             text = json.dumps(plan.to_dict(), indent=2)
             with open(os.path.join(self.run_dir, "plans", f"{host.name}.json"), "w") as f:
                 f.write(text)
             host.put_text(text, f"{wd}/plan.json")
-            cmd = detached(wd, f"{loadgen_command(host)} run --plan plan.json --out out --token-file token --quiet",
+            token = " --token-file token" if self.token else ""
+            cmd = detached(wd, f"{loadgen_command(host)} run --plan plan.json --out out{token} --quiet",
                            "agent", before="touch heartbeat")
             host.vars["_agent_pidfile"], host.vars["_agent_status"] = f"{wd}/agent.pid", f"{wd}/out/status.json"  # for samples
             self.heartbeat.add(host.name, f"{wd}/heartbeat")

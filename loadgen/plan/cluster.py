@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from loadgen.errors import UsageError
 from loadgen.plan import criteria as crit
 from loadgen.plan.addresses import parse_endpoint
-from loadgen.plan.runplan import MODE_OF, SCENARIOS, Load, RunPlan, check_choice, stages_from_json, stages_to_json
+from loadgen.plan.runplan import (MODE_OF, SCENARIOS, Load, RunPlan, check_choice, protocol_of, stages_from_json,
+                                  stages_to_json)
 from loadgen.plan.stages import Stage, share_stages
 
 SCHEMA = "loadgen-fleet-plan/1"
@@ -38,9 +39,11 @@ class FleetPlan(Load):
     start_at: float | None = None
     traffic: dict | None = None  # the traffic model (docs/traffic.md), as RunPlan carries it; None: constant
     seed: int = 0
+    protocol: dict | None = None  # the protocol profile entry every agent plan carries (None: reference)
 
     def __post_init__(self) -> None:
         check_choice(self.scenario, "--scenario", SCENARIOS)
+        protocol_of(self.protocol)  # checked here, before any host is touched
         if not self.generators:
             raise UsageError("the inventory has no hosts in group 'generators'")
         if not self.endpoints:
@@ -76,6 +79,7 @@ class FleetPlan(Load):
             endpoints=[parse_endpoint(e, 0) for e in self.endpoints], criteria=[], workers=workers,
             agent_id=generator, local_ips=local_ips, start_at=self.start_at, pairing=pairing,
             heartbeat_file="heartbeat", deadman_s=self.deadman_s, quiet=True, traffic=self.traffic, seed=self.seed,
+            protocol=self.protocol,
         ).with_criteria(self.criteria)
 
     def to_dict(self) -> dict:
@@ -87,7 +91,7 @@ class FleetPlan(Load):
                 "total_s": self.total_s, "peak_connections": self.peak_connections, "hold_s": self.hold_s,
                 "offered_msgs_per_s": self.offered_msgs_per_s, "min_generators": self.min_generators,
                 "criteria": list(self.criteria), "deadman_s": self.deadman_s, "start_at": self.start_at,
-                "traffic": self.traffic, "seed": self.seed}
+                "traffic": self.traffic, "seed": self.seed, "protocol": self.protocol}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FleetPlan":

@@ -290,6 +290,18 @@ def _skew(a, facts: dict, planned) -> dict:
 # ---------------------------------------------------------------- main
 
 
+def _protocol(run: RunData) -> dict:
+    """The protocol profile the agents spoke: the fleet plan's entry, else an agent's summary, else reference."""
+    entry = run.plan.get("protocol")
+    if isinstance(entry, dict) and entry.get("name"):
+        return {"name": entry["name"], "digest": entry.get("digest")}
+    for a in run.agents.values():
+        p = (a.summary or {}).get("protocol")
+        if isinstance(p, dict) and p.get("name"):
+            return {"name": p["name"], "digest": p.get("digest")}
+    return {"name": "reference", "digest": None}
+
+
 def analyze(run: RunData) -> dict:
     """Everything the report shows: a run's rows -> figures -> criteria -> verdict -> summary."""
     started = time.perf_counter()
@@ -303,6 +315,7 @@ def analyze(run: RunData) -> dict:
     lat = merge_histograms(ts, "latency_hdr", hosts_, True, win["nbins"])
     con = merge_histograms(ts, "connect_hdr", hosts_, True, win["nbins"])
     ses = merge_histograms(ts, "session_hdr", hosts_, False, win["nbins"])
+    log_in = merge_histograms(ts, "login_hdr", hosts_, False, win["nbins"])  # a protocol profile's login steps
 
     counts = {k: int(ts[k].sum()) if ts is not None else 0 for k in COUNTERS}
     throughput, hold_workers = _throughput(ts, counts)
@@ -313,6 +326,7 @@ def analyze(run: RunData) -> dict:
     connect = con["total"].percentiles_ms((50, 95, 99))
     latency = lat["total"].percentiles_ms((50, 95, 99))
     session = ses["total"].percentiles_ms((50, 95, 99))
+    login = log_in["total"].percentiles_ms((50, 95, 99))
     gw, gw_source = gateway_frame(run)
     nodes = gateway_nodes(gw, win["hold"])
     gateway_figures = gateway.criteria_figures(nodes)
@@ -349,6 +363,8 @@ def analyze(run: RunData) -> dict:
                         "peak_active": _num(np.nanmax(series["active_total"])) if series.get("active_total") is not None
                         and np.isfinite(series["active_total"]).any() else 0},
         "connect_ms": connect,
+        "login_ms": login,
+        "protocol": _protocol(run),
         "messages": {**messages, "pings": counts["pings"], "pongs": counts["pongs"], "bytes_sent": counts["bytes_sent"],
                      "bytes_received": counts["bytes_received"]},
         "latency_ms": latency,
