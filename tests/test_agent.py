@@ -94,6 +94,7 @@ def test_cluster_scenario_spreads_over_gateways(tmp_path):
     try:
         out = tmp_path / "k"
         r = run_loadgen("run", "cluster", "--vus", "40", "--duration", "3s", "--rate", "2", "--workers", "1",
+                        "--traffic", "constant",  # one message per send: received == sent
                         "--gateways", ",".join(f"127.0.0.1:{g.port}" for g in gws), "--out", str(out),
                         "--local-ips", "127.0.0.2-127.0.0.3")
         assert r.returncode == 0, r.stdout + r.stderr

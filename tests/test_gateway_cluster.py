@@ -496,7 +496,8 @@ def test_fab_cluster_test_in_cluster_mode_routes_every_message_across_nodes(back
     inv = write_inventory(tmp_path)
     etcd, redis, kafka = backends["args"][1::2]
     with open(os.path.join(inv, "group_vars", "all.yml"), "a") as f:
-        f.write(f"gateway_cluster: true\ngateway_etcd: {etcd}\ngateway_redis: {redis}\ngateway_kafka: {kafka}\n")
+        f.write(f"gateway_cluster: true\ngateway_etcd: {etcd}\ngateway_redis: {redis}\ngateway_kafka: {kafka}\n"
+                "loadgen_traffic: constant\n")  # one delivery per message: the routing counts below
     reports = tmp_path / "reports"
     # the latency criterion is the machine's business (2 shared cores, a JVM broker); routing is this test's
     r = fab("cluster-test", "-i", inv, "--reports-dir", str(reports), "--probe-interval", "2",
@@ -551,6 +552,7 @@ def test_ramp_down_across_nodes_loses_no_message_when_the_agent_quiesces(backend
     out = tmp_path / "out"
     r = run_loadgen("run", "cluster", "--stage", "3s:200", "--stage", "5s:200", "--stage", "2s:0", "--rate", "5",
                     "--workers", "1", "--pairing", "cross-node", "--gateways", f"127.0.0.1:{a.port},127.0.0.1:{b.port}",
+                    "--traffic", "constant",  # one delivery per message: sent = received + errors + lost
                     "--close-quiesce", quiesce, "--heartbeat-interval", "1s", "--out", str(out),
                     "--criterion", "message_p99_ms=off", "--criterion", "message_success_rate=off", timeout=120)
     assert r.returncode in (0, 99), r.stdout[-3000:] + r.stderr[-3000:]

@@ -441,7 +441,8 @@ class ClusterTest:
         plan = self.plan
         os.makedirs(self.run_dir)  # a new run id: nothing of an earlier run is touched
         log(f"run {plan.run_id}: {plan.scenario} on {len(self.generators)} generators -> {len(self.gateways)} gateways, "
-            f"stages {' '.join(map(str, plan.stages))}, {plan.rate:g} msg/s per user")
+            f"stages {' '.join(map(str, plan.stages))}, {plan.rate:g} msg/s per user, traffic "
+            + (f"{plan.traffic['name']} (seed {plan.seed})" if plan.traffic else "constant"))
         interrupted = None
         try:
             self.connect()

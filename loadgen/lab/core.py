@@ -432,6 +432,8 @@ loadgen_agent_workdir: /var/lib/loadgen
 # {LAB_DEFAULT_LOAD['why']}
 loadgen_stages: {json.dumps(LAB_DEFAULT_LOAD['stages'])}
 loadgen_rate: {LAB_DEFAULT_LOAD['rate']}
+# The load above was measured with constant traffic (one message type, no group fan-out): kept so.
+loadgen_traffic: constant
 """)
 
 
