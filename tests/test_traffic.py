@@ -337,3 +337,13 @@ def test_group_messages_reach_every_other_member_exactly_accounted(gateway, tmp_
     assert text["owed"] == text["sent"] == text["received"] + text["errors"] and text["lost"] == 0
     m = s["messages"]
     assert m["owed"] == group["owed"] + text["owed"] == m["received"] + m["error_frames"]
+
+
+def test_the_cluster_scenario_runs_chat_mix_unless_the_protocol_cannot_express_it():
+    from test_plan import flags as plan
+
+    assert plan("cluster", "--vus", "10", "--duration", "5s").traffic["name"] == "chat-mix"
+    assert plan("throughput", "--vus", "10", "--duration", "5s").traffic is None
+    assert plan("cluster", "--vus", "10", "--duration", "5s", "--protocol", "mqtt").traffic is None
+    with pytest.raises(UsageError, match="protocol 'mqtt' cannot express typed messages"):
+        plan("cluster", "--vus", "10", "--duration", "5s", "--protocol", "mqtt", "--traffic", "chat-mix")

@@ -100,14 +100,15 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
     for g in inv.group("gateways"):
         port = parse_int(inv.hostvars[g].get("gateway_port", 8080), f"gateway_port of {g}")
         endpoints.append(f"{inv.hostvars[g].get('ansible_host', g)}:{port}")
+    protocol = protocol_entry(str(protocol)) if protocol else None
     return FleetPlan(
         run_id=new_run_id(opts.scenario), scenario=opts.scenario, stages=stages,
         rate=parse_number(rate, rate_name), message_size=parse_int(size, size_name),
         generators=generators, gateways=inv.group("gateways"), endpoints=endpoints,
         min_generators=len(generators) if opts.min_generators is None else parse_int(opts.min_generators, "--min-generators"),
         criteria=list(opts.criteria), deadman_s=parse_duration(opts.deadman_timeout, "--deadman-timeout"),
-        traffic=traffic_arg(traffic_name, opts.scenario), seed=parse_int(seed, seed_name),
-        protocol=protocol_entry(str(protocol)) if protocol else None)
+        traffic=traffic_arg(traffic_name, opts.scenario, protocol), seed=parse_int(seed, seed_name),
+        protocol=protocol)
 
 
 def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:

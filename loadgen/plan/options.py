@@ -80,12 +80,16 @@ def choose_stages(stage_texts: list[str], vus, duration, *, default_stages, defa
                        vus_name)
 
 
-def traffic_arg(name_or_file, scenario: str) -> dict | None:
-    """--traffic NAME|FILE as the plan's traffic dict; 'constant' (and no --traffic) is today's behaviour: None."""
+def traffic_arg(name_or_file, scenario: str, protocol: dict | None = None) -> dict | None:
+    """--traffic NAME|FILE as the plan's traffic dict; 'constant' is today's behaviour: None. Without --traffic, the
+    scenario's default model; with a protocol profile other than the reference one (protocol: its plan entry),
+    constant: such a profile cannot express typed messages yet (RunPlan refuses a model given with one)."""
+    from loadgen.plan.runplan import reference_digest
     from loadgen.traffic.model import load
 
     if name_or_file is None:
-        name_or_file = DEFAULT_TRAFFIC.get(scenario, "constant")
+        builtin = protocol is None or protocol.get("digest") == reference_digest()
+        name_or_file = DEFAULT_TRAFFIC.get(scenario, "constant") if builtin else "constant"
     if name_or_file == "constant":
         return None
     return load(name_or_file).to_dict()
@@ -127,7 +131,8 @@ def plan_from_args(args, env: dict) -> RunPlan:
             given[name] = parse_duration(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.max_connecting is not None:
         given["max_connecting"] = parse_int(args.max_connecting, "--max-connecting")
-    traffic = traffic_arg(getattr(args, "traffic", None), args.scenario)
+    protocol = protocol_entry(args.protocol) if getattr(args, "protocol", None) else None
+    traffic = traffic_arg(getattr(args, "traffic", None), args.scenario, protocol)
     if traffic is not None:
         given["traffic"] = traffic
     if getattr(args, "seed", None) is not None:
@@ -150,7 +155,7 @@ def plan_from_args(args, env: dict) -> RunPlan:
         heartbeat_file=args.heartbeat_file,
         gateway_metrics=list(args.gateway_metrics or []),
         closed_loop=closed_loop,
-        protocol=protocol_entry(args.protocol) if getattr(args, "protocol", None) else None,
+        protocol=protocol,
         out_dir=args.out,
         quiet=args.quiet,
         **given,
