@@ -1,6 +1,7 @@
 """Fabric tasks: thin wrappers; the work is in loadgen/ (fleet, report, lab) so tests can call it.
 
     fab cluster-test [-i inventory/local] [--scenario cluster] [--vus N --duration 60s | --stage 10s:2000 ...]
+    fab capacity [-i INVENTORY] --dimension connections|rate [--start N] [--step N|--factor F] [--hold 60s] [--max N]
     fab preflight [-i INVENTORY]
     fab report reports/RUN_ID
     fab compare reports/BASELINE reports/CANDIDATE [--tolerance 0.1] [--confidence 0.999]
@@ -73,6 +74,41 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, d
                         min_generators=_text(min_generators), probe_interval=_text(probe_interval),
                         deadman_timeout=str(deadman_timeout), token_file=token_file, criteria=_list(criterion),
                         reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed), protocol=_text(protocol)))
+
+
+@task(
+    klass=OptionTask, short={"inventory": "i"}, iterable=["criterion"],
+    help={
+        "inventory": "Ansible inventory (default inventory/local: this machine)",
+        "dimension": "connections (per gateway node) | rate (msgs/s of the fleet at --vus connections)",
+        "start": "load of the first step (default 500 connections per node, or 100 msgs/s)",
+        "step": "load added per step (default --start)",
+        "factor": "multiply the load by this per step instead of --step (e.g. 1.5)",
+        "hold": "how long each step holds its load; judged on that window (default 60s)",
+        "ramp": "how long each step ramps from the previous load (default 10s)",
+        "max": "highest load tried (default 10 x --start)",
+        "refine": "bisection steps between the last good and the first bad load (default 2)",
+        "rate": "connections dimension: msgs/s per user (default loadgen_rate, else 0.2)",
+        "vus": "rate dimension: connections of the whole fleet (default loadgen_vus, else 1000)",
+        "message_size": "MESSAGE_SIZE in bytes",
+        "criterion": "(takes a value, repeatable) a step criterion, e.g. message_p99_ms<100",
+        "token_file": "gateway token file (mode 600); else AUTH_TOKEN or the inventory's gateway_auth_token",
+        "deadman_timeout": "agents and gateways stop when the controller is silent this long (default 60s)",
+        "probe_interval": "seconds between host probe samples (default 1)",
+        "reports_dir": "where run directories go (default reports/)",
+    },
+)
+def capacity(c, inventory=DEFAULT_INVENTORY, dimension="connections", start=None, step=None, factor=None,
+             hold="60s", ramp="10s", max=None, refine="2", rate=None, vus=None, message_size=None, criterion=None,
+             token_file=None, deadman_timeout="60s", probe_interval="1", reports_dir="reports"):
+    """Find the knee: step the load up in one run, judge each step on its own data, name what ran out first."""
+    from loadgen.capacity.run import CapacityOptions, capacity as run
+
+    _guard(run, CapacityOptions(
+        inventory=inventory, dimension=str(dimension), start=_text(start), step=_text(step), factor=_text(factor),
+        hold=str(hold), ramp=str(ramp), max=_text(max), refine=str(refine), rate=_text(rate), vus=_text(vus),
+        message_size=_text(message_size), criteria=_list(criterion), token_file=token_file,
+        deadman_timeout=str(deadman_timeout), probe_interval=str(probe_interval), reports_dir=reports_dir))
 
 
 @task(klass=OptionTask, short={"inventory": "i"}, help={"inventory": "Ansible inventory (default inventory/local)"})

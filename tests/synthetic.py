@@ -109,7 +109,7 @@ def make_run(path: str, agents: list[AgentSpec], *, stages=("20s:120", "40s:120"
             sent = np.round(active * rate).astype(np.int64)
             received = sent.copy()
             cols = {"ts": START + t + spec.skew_ms / 1000 + 0.01 * w, "agent": spec.name, "worker": w,
-                    "elapsed_s": t, "phase": phase, "target": target, "active": active, "connecting": 0,
+                    "elapsed_s": t, "phase": phase, "target": target, "active": active, "connecting": 0, "send_lag_ms": 0,
                     "connects_ok": opened, "disconnects": disc, "closes": closed, "msgs_sent": sent,
                     "msgs_received": received, "msgs_acked": sent, "msgs_errors": 0, "msgs_send_failed": 0,
                     "msgs_skipped": 0, "bytes_sent": sent * 100, "bytes_received": received * 100,

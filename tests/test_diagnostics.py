@@ -167,7 +167,8 @@ def sample_outputs(monkeypatch, host, scrapes: list[str]) -> list[dict]:
     for cmd in scrapes:
         monkeypatch.setattr(probes, "_http_get", lambda url, cmd=cmd: cmd)
         scripts.append(probes.sample_script(host, ["gateways"]))
-    out = subprocess.run(["bash", "-c", "; echo @@@; ".join(scripts)], capture_output=True, text=True, timeout=60)
+    # on stdin: the scripts together are longer than one command-line argument may be
+    out = subprocess.run(["bash"], input="; echo @@@; ".join(scripts), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [probes.parse_sample(chunk) for chunk in out.stdout.split("@@@\n")]
 

@@ -224,3 +224,25 @@ def test_bare_run_dir_says_not_collected(browser, tmp_path):
     for what in ("Active connections per gateway node", "Host samples", "etcd, Redis and Kafka", "ss -s"):
         assert what in texts, (what, texts)
     assert result["charts"] >= 5
+
+
+def test_capacity_section_renders_its_step_table_and_charts(browser, tmp_path):
+    """A recorded `fab capacity` run (tests/data/capacity/run: 1,500 connections per node allowed)."""
+    from loadgen.report import build_report
+
+    run = tmp_path / "run-capacity"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "capacity", "run"), run)
+    summary = build_report(str(run))
+    browser.open(summary["report"])
+    result = browser.evaluate(CHECK_JS)
+    browser.screenshot(str(tmp_path / "capacity.png"), result["height"])
+    assert browser.errors() == [] and result["bad"] == [] and result["external"] == []
+    assert result["sections"] == ["capacity", *SECTIONS]
+    cap = browser.evaluate(r"""(() => ({
+      rows: document.querySelectorAll("#capacity-steps tbody tr").length,
+      charts: document.querySelectorAll("#capacity svg.chart").length,
+      knee: document.getElementById("knee").textContent,
+      cause: document.getElementById("cause").textContent}))()""")
+    assert cap["rows"] == 4 and cap["charts"] == 5, cap
+    assert "Knee: 1500 connections per gateway node" in cap["knee"] and "server.max_connections" in cap["cause"]
+    assert summary["status"] == result["status"] == "PASS" and summary["capacity"]["knee"] == 1500

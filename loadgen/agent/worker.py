@@ -296,6 +296,7 @@ class Worker:
         self.profile_from_s = 0.0  # seconds after the start at which self.profile's time 0 lies
         self.target = 0
         self.t0_ns = None  # monotonic ns of the start
+        self.send_lag_ns = 0  # this interval's largest lateness of a send (fire_sends) or of the loop's wake-up
         n = self.profile.peak
         self.n = n
         self.rng = random.Random(os.getpid())
@@ -627,6 +628,11 @@ class Worker:
 
     # --- send path ---------------------------------------------------------------------------------
     def fire_sends(self, now_ns: int) -> None:
+        # How late the oldest due send goes out: a worker short of CPU falls further behind its schedule every
+        # second (the generator's limit, not the gateway's); the row keeps the interval's largest (send_lag_ms).
+        due = self.sends.next_due_ns()
+        if due is not None and now_ns - due > self.send_lag_ns:
+            self.send_lag_ns = now_ns - due
         if self.model is not None:
             self.fire_typed(now_ns)
             return
@@ -777,9 +783,10 @@ class Worker:
         self.sync()
         now = time.time()
         elapsed = (time.monotonic_ns() - t0_ns) / 1e9
+        lag_ms, self.send_lag_ns = self.send_lag_ns // 1_000_000, 0
         row = self.iv.row(ts=round(now, 3), agent=self.plan.agent_id, worker=self.index,
                           elapsed_s=round(elapsed, 3), phase=phase, target=target,
-                          active=self.slots.active, connecting=self.slots.connecting)
+                          active=self.slots.active, connecting=self.slots.connecting, send_lag_ms=lag_ms)
         self.iv.reset()
         self.emit(("row", row))
         if self.pairs is not None:
@@ -841,6 +848,9 @@ class Worker:
             if due is not None:
                 nxt = min(nxt, due)
             await asyncio.sleep(max(0.0, (nxt - time.monotonic_ns()) / 1e9))
+            late = time.monotonic_ns() - nxt  # woken late: a worker short of CPU (send_lag_ms)
+            if late > self.send_lag_ns:
+                self.send_lag_ns = late
         # drain: no new sends; wait for in-flight messages, then close everything as planned
         self.sending = False
         if self.echo_stats is not None:

@@ -377,6 +377,10 @@ class ClusterTest:
                 log(f"control message to {name} not delivered: {r}")
         return results
 
+    def drive(self) -> None:
+        """From the agents' start to their end: watch them (a capacity search steps their load: loadgen.capacity)."""
+        self.watch()
+
     def watch(self) -> None:
         interval = self.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
         next_sample = 0.0
@@ -457,7 +461,7 @@ class ClusterTest:
             self.start_agents()
             self._write_plan()  # again, now with the common start time
             try:
-                self.watch()
+                self.drive()
             except KeyboardInterrupt:
                 interrupted = "interrupted (Ctrl-C)"
                 log("interrupted: stopping agents, collecting what they measured")

@@ -87,11 +87,42 @@ def split_snapshot(output: str) -> dict[str, str]:
     return out
 
 
+# Shell: the cpu quotas of the cgroups of process $P and of their parents, ';'-separated "QUOTA PERIOD" pairs (v2's
+# cpu.max: "max 100000" when unlimited; v1: quota -1)
+_CPU_QUOTAS = (
+    "M2=$(awk '$3==\"cgroup2\"{print $2; exit}' /proc/mounts); "
+    "M1=$(awk '$3==\"cgroup\" && $4 ~ /(^|,)cpu(,|$)/{print $2; exit}' /proc/mounts); "
+    "C2=$(awk -F: '$1==\"0\"{print $3}' /proc/$P/cgroup); "
+    "C1=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/{print $3}' /proc/$P/cgroup); "
+    "( if [ -n \"$M2\" ]; then d=$M2$C2; while :; do cat $d/cpu.max 2>/dev/null; "
+    "[ \"${#d}\" -le \"${#M2}\" ] && break; d=${d%/*}; done; fi; "
+    "if [ -n \"$M1\" ] && [ -n \"$C1\" ]; then d=$M1$C1; while :; do "
+    "[ -r $d/cpu.cfs_quota_us ] && echo $(cat $d/cpu.cfs_quota_us) $(cat $d/cpu.cfs_period_us); "
+    "[ \"${#d}\" -le \"${#M1}\" ] && break; d=${d%/*}; done; fi ) | tr '\\n' ';'"
+)
+
+
+def cpu_limit(affinity: str, quotas: str) -> float | None:
+    """Cores a process may use: its affinity list ("0-1,3") and cgroup quotas ("25000 100000;max 100000;")."""
+    cores = None
+    for part in affinity.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            cores = (cores or 0) + (int(hi) - int(lo) + 1 if hi else 1)
+    for pair in quotas.split(";"):
+        quota, _, period = pair.strip().partition(" ")
+        if quota.isdigit() and period.strip().isdigit() and int(period) > 0 and int(quota) > 0:
+            share = int(quota) / int(period)
+            cores = share if cores is None else min(cores, share)
+    return cores
+
+
 def sample_script(host, roles: list[str]) -> str:
     lines = [
         "echo ts=$(date +%s.%N)",
         "echo cpu=$(head -1 /proc/stat | cut -d' ' -f2-)",
         "echo mem_used=$(free -b | awk '/^Mem:/{print $3}')",
+        "echo mem_total=$(free -b | awk '/^Mem:/{print $2}')",
         # the kernel's own count (TCP CurrEstab: established + close-wait), O(1): `ss | wc -l` walks every
         # socket - measured, 9 samplers on one machine holding 200,000 sockets took most of a core
         "echo established=$(awk '/^Tcp:/ {if (n++) print $10}' /proc/net/snmp)",
@@ -102,7 +133,12 @@ def sample_script(host, roles: list[str]) -> str:
             'if [ -n "$P" ] && [ -r /proc/$P/stat ]; then '
             "echo gw_ticks=$(awk '{print $14+$15}' /proc/$P/stat); "
             "echo gw_rss_kb=$(awk '/^VmRSS/{print $2}' /proc/$P/status); "
-            "echo gw_fds=$(ls -U /proc/$P/fd | wc -l); fi",
+            "echo gw_fds=$(ls -U /proc/$P/fd | wc -l); "
+            "echo gw_fd_limit=$(awk '/^Max open files/{print $4}' /proc/$P/limits); "
+            # the CPU it may really use, read live: its affinity and every cgroup cpu quota above it (v2 cpu.max,
+            # v1 cfs quota/period), not the host's core count (gateway_cpu_limit)
+            "echo gw_affinity=$(awk '/^Cpus_allowed_list/{print $2}' /proc/$P/status); "
+            f"echo gw_cpu_max=$({_CPU_QUOTAS}); fi",
             # nothing (not 0) when the scrape failed or timed out: a busy gateway whose /metrics answers late
             # must not count as a gateway with no connections (that skewed the per-node hold means)
             f"echo gw_active=$({_http_get(_metrics_url(host))} 2>/dev/null | awk '/^im_gateway_active_connections/{{s+=$2; n++}} END{{if (n) print s}}')",
@@ -169,7 +205,11 @@ class SampleDeltas:
             total = sum(cpu) - sum(prev["cpu"])
             if total > 0:
                 add("host_cpu_percent", round(100.0 * (busy - pbusy) / total, 2))
-        for key, metric, scale in (("mem_used", "host_mem_used_bytes", 1), ("established", "established", 1),
+        limit = cpu_limit(raw.get("gw_affinity", ""), raw.get("gw_cpu_max", ""))
+        if limit is not None:
+            add("gateway_cpu_limit", round(limit, 3))
+        for key, metric, scale in (("mem_used", "host_mem_used_bytes", 1), ("mem_total", "host_mem_total_bytes", 1),
+                                   ("gw_fd_limit", "gateway_fd_limit", 1), ("established", "established", 1),
                                    ("gw_rss_kb", "gateway_rss_bytes", 1024), ("gw_fds", "gateway_fds", 1),
                                    ("gw_active", "gateway_active_connections", 1),
                                    ("ag_rss_kb", "agent_rss_bytes", 1024), ("ag_active", "agent_active_connections", 1)):

@@ -80,7 +80,14 @@ def format_verdict(summary: dict) -> str:
     from loadgen.plan.criteria import criterion_line
 
     lines = [f"{summary['status']}: {summary['run_id']}"]
-    lines += [f"  {criterion_line(r)}" for r in summary["criteria"] if r["passed"] is False]
+    cap = summary.get("capacity")
+    if cap:  # a capacity search: its knee and cause, not the whole run's criteria
+        lines.append(f"  {cap['text']}" + (f"; first failing load {cap['first_bad']:g}" if cap["first_bad"] is not None else ""))
+        lines += [f"  {criterion_line(r)}" for r in cap["failing"] if r["passed"] is False]
+        if cap.get("cause"):
+            lines.append(f"  cause: {cap['cause']['text']}")
+    else:
+        lines += [f"  {criterion_line(r)}" for r in summary["criteria"] if r["passed"] is False]
     for why in summary["partial_reasons"]:
         lines.append(f"  partial: {why}")
     lines.append(f"report: {summary['report']}")

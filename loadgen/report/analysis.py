@@ -19,7 +19,7 @@ import pandas as pd
 from loadgen import __version__
 from loadgen.agent.pairs import pair_summary
 from loadgen.plan import criteria as crit
-from loadgen.report import diagnostics, hosts
+from loadgen.report import capacity, diagnostics, hosts
 from loadgen.report.bins import ROW_S, bin_centers, row_bins, sample_bins
 from loadgen.results import bytype, figures, gateway
 from loadgen.results.columns import COUNTERS, FAIL_REASONS
@@ -345,6 +345,10 @@ def analyze(run: RunData) -> dict:
     agents_out = _agents(run, series, lat, con, win)
     problems = _run_problems(run, ts, agents_out, lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"])
     status, partial = verdict(rows, problems)
+    cap = capacity.read(run.path, run.problems)
+    if cap is not None:  # a capacity search: each step was judged on its own; its result is the run's verdict
+        status, partial = cap["status"], list(cap["partial_reasons"]) + partial
+        criteria_source = f"the whole run, for information ({criteria_source}): a capacity search judges each step"
 
     dist = _distribution(nodes, agents_out, gw_source)
     host_info = hosts.analyze_hosts(run, win, nodes)
@@ -384,13 +388,16 @@ def analyze(run: RunData) -> dict:
         "figures": {},
     }
     summary["figures"] = headline_figures(summary)
+    if cap is not None:
+        summary["capacity"] = capacity.summary_of(cap)
     summary["diagnostics"] = diag = diagnostics.run_checks(summary, series, nodes, host_info, agents_out, win)
     text = io.StringIO()
     print_summary(summary, out=text)
     summary["analysis_seconds"] = round(time.perf_counter() - started, 3)
     return {"summary": summary, "series": series, "window": win, "nodes": nodes, "gw_source": gw_source,
             "distribution": dist, "hosts": host_info, "agents": agents_out, "diagnostics": diag,
-            "text_summary": text.getvalue(), "problems": run.problems, "plan": run.plan, "run": run.run}
+            "text_summary": text.getvalue(), "problems": run.problems, "plan": run.plan, "run": run.run,
+            "capacity": capacity.section(cap, list(run.plan.get("gateways") or []), list(run.agents)) if cap else None}
 
 
 def _types(run: RunData, ts: pd.DataFrame | None, win: dict) -> dict:

@@ -192,8 +192,23 @@ def compare(run_a: str, run_b: str, out_path: str | None = None, tolerance: floa
     confidence = _number(confidence, "confidence", 0.5, 1.0, "0.999")
     ma, mb = analyze_run(run_a), analyze_run(run_b)
     sa, sb = ma["summary"], mb["summary"]
+    ca, cb = sa.get("capacity"), sb.get("capacity")
+    if bool(ca) != bool(cb):
+        raise UsageError("compare a capacity search with a capacity search (one of the runs is not `fab capacity`)")
     rows = []
-    for key, label, better, unit, floor, how in FIGURES:
+    figures = FIGURES
+    if ca:  # two capacity searches: the knee is the figure (the whole runs' seconds ran different loads)
+        if ca["dimension"] != cb["dimension"]:
+            raise UsageError(f"the capacity searches stepped different dimensions: {ca['dimension']} vs {cb['dimension']}")
+        row = judge("capacity_knee", ca["knee"], cb["knee"], "higher", 0.0, tolerance)
+        if ca["knee"] is not None and cb["knee"] is None and cb["first_bad"] is not None:
+            row.update(regression=True, change=-100.0, change_unit="%")  # the candidate's first step failed already
+        row.update({"label": f"Capacity knee ({ca['unit']})", "better": "higher", "unit": "", "floor": 0.0,
+                    "note": row["note"] or f"cause A: {(ca.get('cause') or {}).get('kind', '-')}, "
+                                           f"B: {(cb.get('cause') or {}).get('kind', '-')}"})
+        rows.append(row)
+        figures = ()
+    for key, label, better, unit, floor, how in figures:
         xa, xb = (_interval_values(ma, key), _interval_values(mb, key)) if how == "spread" else (None, None)
         row = judge(key, sa["figures"].get(key), sb["figures"].get(key), better, floor, tolerance, how, xa, xb, confidence)
         row.update({"label": label, "better": better, "unit": unit, "floor": floor})

@@ -60,7 +60,7 @@ def _read_json(path: str, problems: list[str]) -> dict | None:
     return data
 
 
-OPTIONAL_COLUMNS = ("disc_by_gateway", "disc_lost", "churns")
+OPTIONAL_COLUMNS = ("disc_by_gateway", "disc_lost", "churns", "send_lag_ms")
 _TEXT = ("agent", "phase", *HISTOGRAMS, BY_TYPE)
 _NUMERIC = [c for c in COLUMNS if c not in _TEXT]
 

@@ -208,3 +208,55 @@ def band(per: dict) -> dict:
         out["median"][ok] = np.nanmedian(sub, 0)
         out["min"][ok] = np.nanmin(sub, 0)
     return out
+
+
+def steps_chart(title: str, labels: list[str], series: dict, unit: str = "") -> str | None:
+    """Lines with a dot per step over categorical x (a capacity search's steps, labelled by their load)."""
+    clean = {}
+    for name, y in series.items():
+        y = np.asarray([np.nan if v is None else v for v in y], dtype=float)
+        if len(y) == len(labels) and np.isfinite(y).any():
+            clean[name] = y
+    if not clean:
+        return None
+    hi = float(max(np.nanmax(y) for y in clean.values())) or 1.0
+    yt = nice_ticks(0, hi, unit=unit)
+    hi = yt[-1] or 1.0
+    pw, ph = W - ML - MR, H - MT - MB
+    n = len(labels)
+
+    def sx(i):
+        return ML + pw * ((i + 0.5) / n)
+
+    def sy(v):
+        return MT + ph * (1 - v / hi)
+
+    parts = [f'<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="{escape(title)}" '
+             f'data-unit="{escape(unit)}">', f'<text class="title" x="{ML}" y="18">{escape(title)}</text>']
+    for t, label in zip(yt, tick_labels(yt, unit)):
+        parts.append(f'<line class="grid" x1="{ML}" x2="{W - MR}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
+                     f'<text class="tick" x="{ML - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+    for i, label in enumerate(labels):
+        if n <= 24 or i % max(1, n // 12) == 0:
+            parts.append(f'<text class="tick" x="{sx(i):.1f}" y="{MT + ph + 17}" text-anchor="middle">{escape(label)}</text>')
+    parts.append(f'<line class="axis" x1="{ML}" x2="{W - MR}" y1="{MT + ph}" y2="{MT + ph}"/>')
+    legend_x = W - MR
+    names = list(clean)
+    for i, name in reversed(list(enumerate(names))):
+        legend_x -= 22 + 6.5 * len(str(name))
+        parts.append(f'<rect x="{legend_x:.0f}" y="9" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
+                     f'<text class="legend" x="{legend_x + 13:.0f}" y="18">{escape(str(name))}</text>')
+    for k, name in enumerate(names):
+        color, y = PALETTE[k % len(PALETTE)], clean[name]
+        pts = [(sx(i), sy(v)) for i, v in enumerate(y) if math.isfinite(v)]
+        d = " ".join(f"{'M' if j == 0 else 'L'}{px:.1f},{py:.1f}" for j, (px, py) in enumerate(pts))
+        if len(pts) == 1:  # a single step: a short tick, so the line has extent (its dot shows the value)
+            d += " h2"
+        parts.append(f'<path class="series" fill="none" stroke="{color}" stroke-width="1.6" d="{d}">'
+                     f'<title>{escape(str(name))}</title></path>')
+        for i, v in enumerate(y):
+            if math.isfinite(v):
+                parts.append(f'<circle cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="3" fill="{color}">'
+                             f'<title>{escape(str(name))} at {escape(labels[i])}: {escape(fmt_value(float(v), unit))}</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)

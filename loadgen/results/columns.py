@@ -14,7 +14,7 @@ COUNTERS = (
 HISTOGRAMS = ("latency_hdr", "connect_hdr", "session_hdr", "login_hdr")
 BY_TYPE = "by_type"  # per message type counts and latency (loadgen.results.bytype); '' without a traffic model
 # timeseries.csv: a row per second per worker
-COLUMNS = ("ts", "agent", "worker", "elapsed_s", "phase", "target", "active", "connecting",
+COLUMNS = ("ts", "agent", "worker", "elapsed_s", "phase", "target", "active", "connecting", "send_lag_ms",
            "connects_failed", *COUNTERS, *HISTOGRAMS, BY_TYPE)
 # gateway_metrics.csv: a row per second per scraped /metrics URL
 GATEWAY_COLUMNS = ("ts", "url", "active_connections", "rss_bytes", "cpu_seconds", "open_fds", "max_fds",
