@@ -116,7 +116,10 @@ class CapacityTest(ClusterTest):
         super().__init__(Options(inventory=o.inventory, scenario="cluster", stages=stages,
                                  rate=str(cap.rate_per_user(first)), message_size=o.message_size,
                                  probe_interval=o.probe_interval, deadman_timeout=o.deadman_timeout,
-                                 reports_dir=o.reports_dir, token_file=o.token_file))
+                                 reports_dir=o.reports_dir, token_file=o.token_file,
+                                 # constant traffic: a step's load is exactly its connections x rate (a traffic
+                                 # model's users and arrivals are drawn for the plan, so steps could not change them)
+                                 traffic="constant"))
         self.search = Search(cap)
         self.steps: list[dict] = []
         self.partial: str | None = None
