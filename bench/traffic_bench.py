@@ -4,7 +4,8 @@
     .venv/bin/python bench/traffic_bench.py [--vus 1000] [--rate 2] [--seconds 20] [--repeat 3]
 
 cpu     agent CPU (all its processes, user + system) per 1,000 messages under `chat-mix` vs the `constant` model,
-        the same users and rate against a fresh reference gateway each: per 1,000 messages sent, and per 1,000
+        the same users and rate against a fresh reference gateway each, over the steady hold (its first and last
+        2 s left out: start-up and connecting are not per-message work): per 1,000 messages sent, and per 1,000
         messages handled (sent + received: chat-mix's group fan-out makes the agent receive more than it sends).
         Goal: chat-mix within 1.3x of constant.
 memory  agent RSS and PSS per connection holding --idle-vus connections at a low rate under chat-mix (20 % of users
@@ -17,6 +18,7 @@ average is printed with the figures. Every load is bounded in count and time, on
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import socket
@@ -68,6 +70,7 @@ def agent(tmp: str, gw: Gateway, model: str, vus: int, rate: float, seconds: int
             "-e", f"GATEWAY_PORT={gw.port}", "--criterion", "gateway_cpu_percent=off",
             "--criterion", "gateway_rss_growth_bytes_per_min=off"]
     env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_HOST", "GATEWAY_PORT", "MESSAGE_SIZE")}
+    epoch_minus_mono = time.time() - time.monotonic_ns() / 1e9  # the CSV's ts is epoch, the sampler's monotonic
     proc = subprocess.Popen(args, env={**env, "AUTH_TOKEN": TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = Sampler(proc.pid)
     mem = None
@@ -81,14 +84,22 @@ def agent(tmp: str, gw: Gateway, model: str, vus: int, rate: float, seconds: int
             p.kill()
         proc.communicate()
     sampler.stop()
-    cpu = max((c for _, c in sampler.samples), default=0.0)  # an exited process reads as 0: the last live sample
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     m = s["messages"]
+    # the steady window: hold rows (each counts the second before its ts), less the first and last 2 s
+    with open(os.path.join(out, "timeseries.csv"), newline="") as f:
+        hold = [r for r in csv.DictReader(f) if r["phase"] == "hold"]
+    begin = min(float(r["ts"]) for r in hold) + 2
+    end = max(float(r["ts"]) for r in hold) - 2
+    window = [r for r in hold if begin < float(r["ts"]) <= end]
+    sent = sum(int(r["msgs_sent"]) for r in window)
+    handled = sent + sum(int(r["msgs_received"]) for r in window)
+    cpu = sampler.cpu_at(int((end - epoch_minus_mono) * 1e9)) - sampler.cpu_at(int((begin - epoch_minus_mono) * 1e9))
     return {"cpu_s": cpu, "sent": m["sent"], "received": m["received"], "lost": m["lost"],
-            "established": s["connections"]["established"], "mem": mem,
-            "cpu_ms_per_1k_sent": cpu * 1e6 / m["sent"] if m["sent"] else None,
-            "cpu_ms_per_1k_handled": cpu * 1e6 / (m["sent"] + m["received"]) if m["sent"] else None}
+            "established": s["connections"]["established"], "mem": mem, "window_s": end - begin,
+            "cpu_ms_per_1k_sent": cpu * 1e6 / sent if sent else None,
+            "cpu_ms_per_1k_handled": cpu * 1e6 / handled if handled else None}
 
 
 def main() -> int:
