@@ -274,3 +274,78 @@ def test_compare_two_capacity_runs_regresses_when_the_knee_moves_down(tmp_path):
     assert "Capacity knee (connections per gateway node): 1,500 -> 1,000" in format_comparison(worse)
     assert compare_runs(str(runs["a"]), str(runs["c"]), tolerance=0.1)["regressions"] == []  # -3 %: within tolerance
     assert compare_runs(str(runs["b"]), str(runs["a"]), tolerance=0.1)["regressions"] == []
+
+
+class CpuQuota:
+    """A cgroup whose processes may use `share` of one core (v1 cpu controller or v2 cpu.max), made and removed by
+    the test; processes are moved back to the root group on close."""
+
+    def __init__(self, share: float) -> None:
+        mounts = [line.split() for line in open("/proc/mounts")]
+        v1 = next((m[1] for m in mounts if m[2] == "cgroup" and "cpu" in m[3].split(",")), None)
+        v2 = next((m[1] for m in mounts if m[2] == "cgroup2"), None)
+        period = 100_000
+        if v1:
+            self.root, self.path = v1, os.path.join(v1, f"loadgen-capacity-{os.getpid()}")
+            os.mkdir(self.path)
+            self._write("cpu.cfs_period_us", str(period))
+            self._write("cpu.cfs_quota_us", str(int(share * period)))
+        elif v2:
+            self.root, self.path = v2, os.path.join(v2, f"loadgen-capacity-{os.getpid()}")
+            if "cpu" not in open(os.path.join(v2, "cgroup.subtree_control")).read().split():
+                with open(os.path.join(v2, "cgroup.subtree_control"), "w") as f:
+                    f.write("+cpu")
+            os.mkdir(self.path)
+            self._write("cpu.max", f"{int(share * period)} {period}")
+        else:
+            pytest.fail("no cgroup cpu controller mounted (v1 'cpu' or cgroup2): the gateway CPU test needs one")
+
+    def _write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(text)
+
+    def add(self, pid: int) -> None:
+        self._write("cgroup.procs", str(pid))
+
+    def close(self) -> None:
+        for pid in open(os.path.join(self.path, "cgroup.procs")).read().split():
+            try:
+                with open(os.path.join(self.root, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass
+        os.rmdir(self.path)
+
+
+def test_a_gateway_limited_to_a_quarter_core_is_named_gateway_cpu(tmp_path, leftovers):
+    """The gateway may use 25 % of one core (cgroup quota, pinned to core 1): it saturates long before the
+    generators (which need ~1.5x its CPU per message), and the cause compares its CPU with that live limit."""
+    inv = _inventory(tmp_path)
+    quota = CpuQuota(0.25)
+    try:
+        proc = _fab(tmp_path, "-i", inv, "--dimension", "rate", "--vus", "200", "--start", "800", "--factor", "2",
+                    "--max", "12800", "--refine", "1", "--hold", "5s", "--ramp", "1s")
+        leftovers.append(proc)
+        deadline, gateway = time.time() + 60, None
+        while gateway is None and time.time() < deadline:  # the gateway starts before the agents' load does
+            for d, _, fs in os.walk(tmp_path / "work"):
+                if "gateway.pid" in fs:
+                    try:
+                        gateway = int(open(os.path.join(d, "gateway.pid")).read())
+                    except ValueError:
+                        pass
+            time.sleep(0.05)
+        assert gateway, "the gateway did not start"
+        quota.add(gateway)
+        subprocess.run(["taskset", "-a", "-p", "-c", str(min(1, os.cpu_count() - 1)), str(gateway)], check=True,
+                       capture_output=True)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        quota.close()
+    assert proc.returncode == 0, out
+    run, cap, summary = _result(tmp_path)
+    assert cap["knee"] is not None and cap["cause"]["kind"] == "gateway_cpu", (cap["cause"], out)
+    assert cap["cause"]["evidence"]["usable_percent"] == pytest.approx(25, abs=1)
+    bad = next(s for s in cap["steps"] if s["load"] == cap["first_bad"])
+    assert bad["resources"]["gw1"]["gateway_cpu_limit"] == pytest.approx(0.25)
+    assert summary["capacity"]["gateway_capacity"] is True and "gateway CPU" in out
