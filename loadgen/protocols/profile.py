@@ -124,10 +124,12 @@ class Expect:
 
 
 class Rule:
-    __slots__ = ("match", "kind", "ts")
+    __slots__ = ("match", "kind", "ts", "needs_fields")
 
     def __init__(self, match: Match, kind: int, ts: Extract | None) -> None:
         self.match, self.kind, self.ts = match, kind, ts
+        # a frame is parsed (JSON or codec) only for a rule that reads its fields
+        self.needs_fields = match.needs_fields or (ts is not None and ts.needs_fields)
 
 
 class Bound:
@@ -317,8 +319,10 @@ class Profile:
                      close.render(values) if close is not None else None)
 
     def classify(self, payload: bytes) -> tuple[int, int | None]:
-        fields = Fields(payload, self.decode)
+        fields = None
         for rule in self.rules:
+            if fields is None and rule.needs_fields:
+                fields = Fields(payload, self.decode)
             if rule.match.matches(payload, fields):
                 return rule.kind, rule.ts.integer(payload, fields) if rule.ts is not None else None
         return self.unmatched, None
