@@ -276,3 +276,21 @@ def test_a_user_written_profile_drives_a_differently_shaped_gateway(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_profile_other_than_reference_gets_constant_traffic_unless_a_model_is_asked_for():
+    """The cluster scenario's default traffic model is typed (chat-mix), which only the built-in reference path
+    can send: with --protocol xmpp and no --traffic the plan has the constant traffic; asked for, it is refused."""
+    from loadgen.cli import _Parser, _run_parser
+    from loadgen.plan.options import plan_from_args
+
+    parser = _Parser(prog="loadgen")
+    _run_parser(parser.add_subparsers(dest="command", parser_class=_Parser))
+
+    def plan(*argv):
+        return plan_from_args(parser.parse_args(["run", "cluster", "--vus", "4", "--duration", "2s", *argv]), {})
+
+    assert plan("--protocol", "xmpp").traffic is None
+    assert plan().traffic is not None  # the reference protocol keeps the scenario's default model
+    with pytest.raises(UsageError, match="cannot express typed messages"):
+        plan("--protocol", "xmpp", "--traffic", "chat-mix")

@@ -95,12 +95,12 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
     traffic_name, _ = given("--traffic", opts.traffic, "loadgen_traffic", None)
     seed, seed_name = given("--seed", opts.seed, "loadgen_seed", 0)
     protocol, _ = given("--protocol", opts.protocol, "loadgen_protocol", None)
+    protocol = protocol_entry(str(protocol)) if protocol else None
     generators = inv.group("generators")
     endpoints = []
     for g in inv.group("gateways"):
         port = parse_int(inv.hostvars[g].get("gateway_port", 8080), f"gateway_port of {g}")
         endpoints.append(f"{inv.hostvars[g].get('ansible_host', g)}:{port}")
-    protocol = protocol_entry(str(protocol)) if protocol else None
     return FleetPlan(
         run_id=new_run_id(opts.scenario), scenario=opts.scenario, stages=stages,
         rate=parse_number(rate, rate_name), message_size=parse_int(size, size_name),
