@@ -42,7 +42,7 @@ def _list(value):
 
 @task(
     klass=OptionTask, short={"inventory": "i"},
-    iterable=["stage", "criterion"],
+    iterable=["stage", "criterion", "abort_on"],
     help={
         "inventory": "Ansible inventory (default inventory/local: this machine)",
         "scenario": "connection | throughput | cluster (default cluster)",
@@ -61,11 +61,16 @@ def _list(value):
         "reports_dir": "where run directories go (default reports/)",
         "protocol": "protocol profile: reference (default), xmpp, mqtt or a profile file (docs/protocols.md); "
                     "else the inventory's loadgen_protocol",
+        "junit": "also write the criteria as JUnit XML to this file (one testcase per criterion)",
+        "abort_on": "(takes a value, repeatable) stop every agent when a threshold over a sliding window of the "
+                    "fleet's data is crossed, e.g. 'connect_success<0.9 over 60s'; the report says ABORTED, exit 99",
+        "abort_grace": "judge no abort threshold before this long after the start (default 30s)",
     },
 )
 def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, duration=None, stage=None,
                  rate=None, message_size=None, min_generators=None, probe_interval=None, deadman_timeout="60s",
-                 token_file=None, criterion=None, reports_dir="reports", traffic=None, seed=None, protocol=None):
+                 token_file=None, criterion=None, reports_dir="reports", traffic=None, seed=None, protocol=None,
+                 junit=None, abort_on=None, abort_grace=None):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
 
@@ -73,7 +78,8 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, d
                         stages=_list(stage), rate=_text(rate), message_size=_text(message_size),
                         min_generators=_text(min_generators), probe_interval=_text(probe_interval),
                         deadman_timeout=str(deadman_timeout), token_file=token_file, criteria=_list(criterion),
-                        reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed), protocol=_text(protocol)))
+                        reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed), protocol=_text(protocol),
+                        junit=_text(junit), abort_on=list(abort_on or []), abort_grace=_text(abort_grace)))
 
 
 @task(
@@ -119,13 +125,19 @@ def preflight(c, inventory=DEFAULT_INVENTORY):
     _guard(preflight_only, Options(inventory=inventory))
 
 
-@task(klass=OptionTask, help={"run_dir": "the run directory, e.g. reports/20261126-183007-cluster-e6e1"})
-def report(c, run_dir):
+@task(klass=OptionTask, help={"run_dir": "the run directory, e.g. reports/20261126-183007-cluster-e6e1",
+                              "junit": "also write the criteria as JUnit XML to this file"})
+def report(c, run_dir, junit=None):
     """(Re)build report.html and summary.json of a run directory; print the verdict and what failed."""
     from loadgen.report import build_report, format_verdict
+    from loadgen.results.junit import check_path, write_junit
 
     def build():
-        print(format_verdict(build_report(run_dir)))
+        path = check_path(_text(junit)) if junit else None
+        summary = build_report(run_dir)
+        if path:
+            write_junit(summary, path, f"fab report {summary.get('scenario', '')}".strip())
+        print(format_verdict(summary))
         return 0
 
     _guard(build)

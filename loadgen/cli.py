@@ -61,6 +61,13 @@ def _run_parser(sub) -> None:
     p.add_argument("--traffic", metavar="NAME|FILE",
                    help="traffic model: constant, chat-mix, or a YAML file with a traffic: section (docs/traffic.md)")
     p.add_argument("--seed", help="seed of the traffic model's draws: the same seed, the same schedule (default 0)")
+    p.add_argument("--metrics-port", help="serve live Prometheus metrics on this port during the run "
+                   "(http://HOST:PORT/metrics; default 0: off; fab cluster-test: loadgen_metrics_port, 9464)")
+    p.add_argument("--abort-on", action="append", metavar="EXPR",
+                   help="stop the run early when a threshold over a sliding window is crossed, e.g. "
+                        "'connect_success<0.9 over 60s' or 'message_p99_ms>1000 over 2m'; repeatable; exit 99")
+    p.add_argument("--abort-grace", help="judge no --abort-on before this long after the start (default 30s)")
+    p.add_argument("--junit", metavar="FILE", help="also write the criteria as JUnit XML (one testcase each)")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary on stdout")
     p.add_argument("--protocol", metavar="NAME|FILE",
                    help="protocol profile: reference (default), xmpp, mqtt, or a profile file (docs/protocols.md)")
@@ -98,6 +105,9 @@ def _cmd_run(args) -> int:
     from loadgen.agent.runner import Agent
     from loadgen.plan.options import ENV_KEYS, PLAN_FLAGS, parse_env_overrides, plan_from_args
 
+    from loadgen.results.junit import check_path, write_junit
+
+    junit = check_path(args.junit) if args.junit else None
     env = {**{k: os.environ[k] for k in ENV_KEYS if k in os.environ}, **parse_env_overrides(args.env)}
     if any(e.startswith("AUTH_TOKEN=") for e in args.env):
         print("loadgen: warning: -e AUTH_TOKEN=... is visible in ps; prefer the environment or --token-file",
@@ -117,7 +127,14 @@ def _cmd_run(args) -> int:
         plan = plan.replace(out_dir=os.path.join("loadgen-out", f"{plan.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"))
     needs_token = plan.protocol_profile.needs_token  # a profile without {token} needs none
     plan = hostplan.fit(plan, hostplan.token(args.token_file, env.get("AUTH_TOKEN")) if needs_token else "")
-    return Agent(plan).run()
+    code = Agent(plan).run()
+    summary_path = os.path.join(plan.out_dir, "summary.json")
+    if junit and os.path.exists(summary_path):
+        import json
+
+        with open(summary_path) as f:
+            write_junit(json.load(f), junit, f"loadgen {plan.scenario}")
+    return code
 
 
 def _cmd_gateway(args) -> int:

@@ -21,11 +21,15 @@ from loadgen.agent import gateway_scrape, pairs
 from loadgen.agent.worker import Worker, classify_connect_error, event_loop_runner, tune_gc, worker_main
 from loadgen.errors import EXIT_FAILURE, LoadgenError, UsageError
 from loadgen.plan.runplan import stages_to_json
-from loadgen.results import bytype, figures, gateway
+from loadgen.plan.control import Control
+from loadgen.results import bytype, figures, gateway, live
 from loadgen.results import histogram as hdr
 from loadgen.results.columns import COLUMNS, COUNTERS, GATEWAY_COLUMNS
 from loadgen.results.text import print_summary
 from loadgen.results.verdict import EXIT_CODES, evaluate, verdict
+
+
+ABORT_RAMP_DOWN_S = 5.0  # --abort-on: the users close within this long (as fab's abort ramps a fleet down)
 
 
 def worker_index(proc) -> int:
@@ -143,11 +147,11 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
     rows = evaluate(plan.criteria, figures.criteria_metrics(connections, messages, connect, latency, session,
                                                             gateway_figures) | bytype.criteria_metrics(by_type))
     problems = []
-    if facts["stopped_by"]:
+    if facts["stopped_by"] and not facts.get("aborted"):
         problems.append(f"stopped early: {facts['stopped_by']}")
     if facts["workers_dead"]:
         problems.append(f"workers died: {facts['workers_dead']}")
-    status, partial_reasons = verdict(rows, problems)
+    status, partial_reasons = verdict(rows, problems, facts.get("aborted"))
     return {
         "scenario": plan.scenario,
         "agent": plan.agent_id,
@@ -184,6 +188,7 @@ def summarize(plan, totals: Totals, facts: dict, gateway_rows: list[dict]) -> di
         "stopped_by": facts["stopped_by"],
         "controls": facts.get("controls", []),
         "ramp_down": facts.get("ramp_down"),
+        "aborted": facts.get("aborted"),
     }
 
 
@@ -263,7 +268,7 @@ class Agent:
         if self._wake is not None:
             self._wake.set()
 
-    def _write_status(self, state: str, totals: Totals, alive: int) -> None:
+    def _write_status(self, state: str, totals: Totals, alive: int, snap: dict | None = None) -> None:
         c = totals.counts
         status = {"state": state, "pid": os.getpid(), "updated": time.time(), "workers_alive": alive,
                   "active": self._active, "sent": c["msgs_sent"], "received": c["msgs_received"],
@@ -271,6 +276,8 @@ class Agent:
                   "connect_failed": sum(v for k, v in c.items() if k.startswith("fail_")),
                   "p99_ms": hdr.percentile_ms(totals.latency, 99), "stopped_by": self.stop_reason,
                   "control_seq": self.control.seq, "control_error": self.control.error, "ramp_down": self.ramp_down}
+        if snap is not None:  # cumulative counters and buckets: fab merges the fleet's for --abort-on
+            status["live"] = snap
         tmp = os.path.join(self.out, ".status.json.tmp")
         with open(tmp, "w") as f:
             json.dump(status, f)
@@ -285,6 +292,7 @@ class Agent:
             self.totals.add(row)
             self.active_by_worker[row["worker"]] = row["active"]
             self._active = sum(self.active_by_worker.values())
+            self.connecting_by_worker[row["worker"]] = row["connecting"]
         elif kind == "pairs":
             self.outputs.pair_rows_add(msg[1])
         elif kind == "started":
@@ -330,10 +338,17 @@ class Agent:
         if now - self.last_flush >= 1.0:  # at most the last second is lost if we are killed
             self.outputs.flush(self.gateway_rows)
             alive = len(self.pipes) + (self.local is not None and not self.local.done())
+            snap = live.snapshot(self.totals)
             if self.outputs.error and self.stop_reason is None:
                 self.stop_reason = "output_error"
             else:
-                self.outputs.guard(self._write_status, "running" if self.starts else "waiting", self.totals, alive)
+                self.outputs.guard(self._write_status, "running" if self.starts else "waiting", self.totals, alive,
+                                   snap)
+            if self.stop_reason is None and self.ramp_down is None and self.abort_watch.feed(now, snap):
+                # ramp down through the control channel's own path, as fab's abort does for a fleet
+                self.control.seq += 1
+                self._apply_control(Control(self.control.seq, ramp_down_s=ABORT_RAMP_DOWN_S,
+                                            reason=f"aborted: {self.abort_watch.tripped['rule']}"), now)
             self.progress.show(self.totals, self._active, now - self.start_at)
             self.last_flush = now
             if self.stop_reason is None:
@@ -387,6 +402,28 @@ class Agent:
         if control.ramp_down_s is not None:
             self.ramp_down = {"reason": control.reason, "within_s": control.ramp_down_s, "seq": control.seq,
                               "at": round(now, 3)}
+    async def _start_metrics(self):
+        """The live /metrics (--metrics-port): a port that cannot be bound is a warning, not a failed run."""
+        plan = self.plan
+        if not plan.metrics_port:
+            return None
+        from loadgen.agent.metrics_endpoint import MetricsServer, render
+
+        labels = {"run_id": plan.run_id or "", "generator": plan.agent_id or "", "scenario": plan.scenario}
+
+        def text() -> str:
+            elapsed = time.time() - self.start_at
+            planned = plan.profile.target_at(elapsed) if 0 <= elapsed <= plan.profile.total_s else 0
+            return render(self.totals, self._active, sum(self.connecting_by_worker.values()), planned, labels)
+
+        server = MetricsServer(text, plan.metrics_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            self.metrics_error = f"--metrics-port {plan.metrics_port}: {exc.strerror or exc}"
+            print(f"loadgen: warning: no live metrics: {self.metrics_error}", file=sys.stderr)
+            return None
+        return server
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -397,6 +434,7 @@ class Agent:
             loop.add_reader(conn.fileno(), self._readable, conn)
         if self.local_worker is not None:
             self.local = loop.create_task(self._run_local(self.local_worker))
+        metrics = await self._start_metrics()
         try:
             while self.pipes or (self.local is not None and not self.local.done()):
                 self._tick(time.time())
@@ -412,6 +450,8 @@ class Agent:
                 except asyncio.CancelledError:
                     pass
         finally:
+            if metrics is not None:
+                await metrics.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, self._signal)
@@ -460,7 +500,10 @@ class Agent:
         starts, dead, errors = self.starts, self.dead, self.errors
         self._active = 0
         self.active_by_worker: dict[int, int] = {}
+        self.connecting_by_worker: dict[int, int] = {}
+        self.metrics_error = None
         self.start_at = start_at = plan.start_at or time.time()
+        self.abort_watch = live.AbortWatch(plan.abort_rules, plan.abort_grace_s, start_at)
         self.hard_deadline = start_at + plan.profile.total_s + plan.drain_s + plan.close_quiesce_s + 30 + plan.workers
         self.progress = progress = Progress(plan, sys.stderr)
         self.stop_deadline = None
@@ -479,7 +522,7 @@ class Agent:
         ended = time.time()
         started = min(starts.values()) if starts else start_at
         stopped_by = self.stop_reason or (f"ramp_down: {self.ramp_down['reason']}" if self.ramp_down else None)
-        facts = {"started_at": started, "ended_at": ended,
+        facts = {"started_at": started, "ended_at": ended, "aborted": self.abort_watch.tripped,
                  "start_skew_ms": {str(i): round((t - start_at) * 1000, 3) for i, t in sorted(starts.items())},
                  "complete": not dead and stopped_by is None, "workers_dead": sorted(dead),
                  "stopped_by": stopped_by, "controls": self.controls, "ramp_down": self.ramp_down}
@@ -488,6 +531,8 @@ class Agent:
             summary["worker_errors"] = errors
         if outputs.error:
             summary["output_error"] = outputs.error
+        if self.metrics_error:
+            summary["metrics_error"] = self.metrics_error
         try:
             tmp = os.path.join(self.out, ".summary.json.tmp")
             with open(tmp, "w") as f:

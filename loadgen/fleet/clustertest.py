@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from loadgen.errors import EXIT_OK, LoadgenError, UsageError
 from loadgen.fleet import probes
 from loadgen.fleet.control import Controller
+from loadgen.fleet import metrics_targets, probes
 from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
@@ -27,13 +28,17 @@ from loadgen.fleet.preflight import check_fleet, describe_clock
 from loadgen.fleet.shell import detached, loadgen_command, pack_outputs, status_and_liveness, terminate, wait_listening
 from loadgen.host import read_token_file
 from loadgen.plan.addresses import parse_local_ips
+from loadgen.plan.abort import DEFAULT_GRACE_S, parse_abort, parse_grace
 from loadgen.plan.cluster import FleetPlan, new_run_id
 from loadgen.plan.options import choose_stages, parse_int, parse_number, traffic_arg
 from loadgen.plan.runplan import RunPlan, protocol_entry
 from loadgen.plan.stages import parse_duration
+from loadgen.results import live
+from loadgen.results.junit import check_path, write_junit
 from loadgen.results.verdict import EXIT_CODES
 
 POLL_S = 2.0
+ABORT_RAMP_DOWN_S = 5.0  # --abort-on: every agent closes its users within this long
 
 
 @dataclass
@@ -57,6 +62,9 @@ class Options:
     traffic: str | None = None  # NAME|FILE (docs/traffic.md); None: the inventory's loadgen_traffic, else the scenario's default
     seed: str | None = None
     protocol: str | None = None  # NAME|FILE; None: the inventory's loadgen_protocol, else reference
+    junit: str | None = None  # also write the criteria as JUnit XML here
+    abort_on: list[str] = field(default_factory=list)  # --abort-on EXPR, repeatable
+    abort_grace: str | None = None
 
 
 def log(msg: str) -> None:
@@ -108,11 +116,13 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
         min_generators=len(generators) if opts.min_generators is None else parse_int(opts.min_generators, "--min-generators"),
         criteria=list(opts.criteria), deadman_s=parse_duration(opts.deadman_timeout, "--deadman-timeout"),
         traffic=traffic_arg(traffic_name, opts.scenario, protocol), seed=parse_int(seed, seed_name),
-        protocol=protocol)
+        protocol=protocol,
+        abort_on=[parse_abort(e).text for e in opts.abort_on],
+        abort_grace_s=DEFAULT_GRACE_S if opts.abort_grace is None else parse_grace(opts.abort_grace))
 
 
 def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:
-    """Each generator's RunPlan, with its inventory's loadgen_local_ips and loadgen_workers."""
+    """Each generator's RunPlan, with its inventory's loadgen_local_ips, loadgen_workers, loadgen_metrics_port."""
     out = {}
     for g in plan.generators:
         v = inv.hostvars[g]
@@ -122,7 +132,8 @@ def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:
             workers = None if workers in (None, "auto") else parse_int(workers, "loadgen_workers")
         except UsageError as exc:
             raise UsageError(f"generator {g}: {exc}") from None
-        out[g] = plan.agent_plan(g, local_ips=ips, workers=workers, pairing=pairing)
+        out[g] = plan.agent_plan(g, local_ips=ips, workers=workers, pairing=pairing,
+                                 metrics_port=metrics_targets.metrics_port(v, g))
     return out
 
 
@@ -148,6 +159,8 @@ class ClusterTest:
     def __init__(self, opts: Options) -> None:
         """Everything is parsed and checked here, before any host is touched or any file written."""
         self.opts = opts
+        if opts.junit:
+            check_path(opts.junit)
         self.probe_interval = None
         if opts.probe_interval is not None:
             self.probe_interval = parse_number(opts.probe_interval, "--probe-interval")
@@ -184,6 +197,7 @@ class ClusterTest:
         self.deltas = probes.SampleDeltas()
         self.controller: Controller | None = None  # set once the agents are started
         self.ends_at: float | None = None  # when the agents' stages end: the plan's, moved by control messages
+        self._published = False  # the agents' targets are on the Prometheus hosts
 
     # --- helpers --------------------------------------------------------------------------------------
     def _subset(self, names) -> dict[str, Host]:
@@ -334,6 +348,34 @@ class ClusterTest:
             f"(in {start_at - time.time():.1f}s), {self.plan.peak_connections:,} connections, "
             f"{self.plan.total_s:.0f}s of stages")
 
+    def publish_targets(self, running: bool) -> None:
+        """The agents' /metrics as Prometheus file_sd targets: in the run directory, and on the inventory's
+        Prometheus hosts while the run is going (emptied at the end). A host that cannot be written is logged."""
+        if running:
+            ports = {g: self.agent_plans[g].metrics_port for g in self.agent_state if self.agent_state[g] == "starting"}
+            groups = metrics_targets.targets(self.inv, ports)
+            self._write_json("prometheus-targets.json", groups)
+        elif not self._published:
+            return
+        else:
+            groups = []
+        hosts = self.inv.group("prometheus")
+        if not hosts:
+            return
+        from loadgen.fleet.hosts import open_hosts
+
+        opened = open_hosts(self.inv, hosts)
+        try:
+            results = parallel(opened, lambda h: h.put_text(metrics_targets.to_text(groups),
+                                                            metrics_targets.file_sd_path(h.vars)))
+        finally:
+            for h in opened.values():
+                h.close()
+        for name, r in results.items():
+            if r is not None:
+                log(f"could not write the agents' Prometheus targets on {name}: {str(r)[:200]}")
+        self._published = running
+
     def poll(self) -> dict:
         def one(host: Host):
             return host.run(status_and_liveness(workdir(host, self.plan.run_id)), timeout=10)
@@ -382,6 +424,7 @@ class ClusterTest:
         self.watch()
 
     def watch(self) -> None:
+        abort = live.AbortWatch(self.plan.abort_rules, self.plan.abort_grace_s, self.plan.start_at)
         interval = self.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
         next_sample = 0.0
         last = {}
@@ -404,19 +447,36 @@ class ClusterTest:
                 f"conns {active:,} | sent {sent:,} recv {recv:,} | errors {errors:,} | worst agent p99 {p99:.1f}ms")
             if not running:
                 return
+            # --abort-on: the fleet's window, from every agent's cumulative counters and buckets (summed)
+            if "aborted" not in self.facts:
+                tripped = abort.feed(now, live.merge([s.get("live") for s in last.values()]))
+                if tripped:
+                    self.abort(tripped, now)
             if now > deadline:
                 log("deadline passed: stopping the remaining agents")
                 self.stop_agents()
                 return
             time.sleep(max(0.0, POLL_S - (time.time() - now)))
 
-    def stop_agents(self, wait_s: float = 15.0) -> None:
+    def abort(self, tripped: dict, now: float) -> None:
+        """An --abort-on threshold tripped: every agent ramps down within ABORT_RAMP_DOWN_S through the control
+        channel; the watch goes on until they have ended. An agent the message cannot reach is stopped."""
+        self.facts["aborted"] = tripped
+        log(f"{tripped['text']}: every agent ramps down within {ABORT_RAMP_DOWN_S:g}s")
+        sent = self.controller.send(ramp_down_s=ABORT_RAMP_DOWN_S, reason=f"aborted: {tripped['rule']}")
+        self.ends_at = min(self.ends_at, now + ABORT_RAMP_DOWN_S)
+        missed = [g for g, ok in sent.items() if ok is not True]
+        if missed:
+            log(f"control message not delivered to {', '.join(missed)}: stopping them")
+            self.stop_agents(names=missed)
+
+    def stop_agents(self, wait_s: float = 15.0, names=None) -> None:
         def one(host: Host):
             # the agent's forked workers share its session: none may go on loading the gateway
             return host.run(terminate(f"{workdir(host, self.plan.run_id)}/agent.pid", wait_s, session=True),
                             timeout=wait_s + 10)
 
-        parallel(self._subset(self.agent_state), one)
+        parallel(self._subset(names if names is not None else self.agent_state), one)
 
     def collect(self) -> None:
         def one(host: Host):
@@ -460,6 +520,7 @@ class ClusterTest:
             self.samples.writerow(("ts", "host", "role", "metric", "value"))
             self.start_agents()
             self._write_plan()  # again, now with the common start time
+            self.publish_targets(running=True)
             try:
                 self.drive()
             except KeyboardInterrupt:
@@ -470,6 +531,7 @@ class ClusterTest:
             self.collect()
             self.snapshot("after")
         finally:
+            self.publish_targets(running=False)
             if self.heartbeat is not None:
                 self.heartbeat.stop()
             if self.samples is not None:
@@ -489,6 +551,8 @@ class ClusterTest:
         from loadgen.report import build_report, format_verdict
 
         summary = build_report(self.run_dir)
+        if self.opts.junit:
+            write_junit(summary, self.opts.junit, f"fab cluster-test {self.plan.scenario}")
         print(format_verdict(summary), flush=True)  # the same lines as `fab report`: verdict, what failed, the page
         return EXIT_CODES[summary["status"]]
 

@@ -20,7 +20,7 @@ from loadgen.lab.kafka_dist import KAFKA_VERSION, build_kafka_archive, sha256
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Bump when the rootfs recipe below changes: a cached rootfs with another stamp is rebuilt.
-ROOTFS_RECIPE = "bookworm-minbase-v3"
+ROOTFS_RECIPE = "bookworm-minbase-v4"
 ROOTFS_PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "iproute2",
     "sudo", "procps", "iputils-ping", "ca-certificates",
@@ -29,7 +29,7 @@ ROOTFS_PACKAGES = [
 # installs that do not fetch ~250 MB per host through the proxy. Roles still work without it.
 PRESEED_DEBS = [
     "etcd-server", "etcd-client", "redis-server", "redis-tools", "openjdk-17-jre-headless",
-    "python3-venv", "lsof",
+    "python3-venv", "lsof", "prometheus", "prometheus-node-exporter",
 ]
 HOST_PACKAGES = {  # command -> Debian package that provides it on the controller
     "systemd-nspawn": "systemd-container",
@@ -367,7 +367,11 @@ def write_inventory(cfg: LabConfig, state: dict) -> None:
                 extra = f" gateway_metrics_host={h['ip']}" if g == "gateways" else ""
                 lines.append(f"{h['name']} ansible_host={h['ip']} private_address={h['ip']}{extra}\n")
         lines.append("\n")
-    lines.append("[infra:children]\netcd\nkafka\nredis\n\n[lab:children]\ngenerators\ngateways\ninfra\n")
+    # Prometheus (roles/prometheus) on the first infra host: it scrapes the gateways, every node exporter and
+    # the agents during a run (docs/live.md)
+    prom = next(h for h in hosts if "etcd" in h["groups"])
+    lines.append(f"[prometheus]\n{prom['name']} ansible_host={prom['ip']} private_address={prom['ip']}\n\n")
+    lines.append("[infra:children]\netcd\nkafka\nredis\n\n[lab:children]\ngenerators\ngateways\ninfra\nprometheus\n")
     (inv / "hosts.ini").write_text("".join(lines))
     (inv / ".lab").write_text(f"{cfg.lab_dir}\n")  # which lab owns this inventory (lab_down checks)
     (ssh / "known_hosts").write_text("".join(f"{h['ip']} {h['hostkey']}\n" for h in hosts))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from loadgen.errors import UsageError
 from loadgen.plan import criteria as crit
+from loadgen.plan.abort import DEFAULT_GRACE_S, rules_from_json
 from loadgen.plan.addresses import parse_endpoint
 from loadgen.plan.runplan import (MODE_OF, SCENARIOS, Load, RunPlan, check_choice, protocol_of, stages_from_json,
                                   stages_to_json)
@@ -40,6 +41,8 @@ class FleetPlan(Load):
     traffic: dict | None = None  # the traffic model (docs/traffic.md), as RunPlan carries it; None: constant
     seed: int = 0
     protocol: dict | None = None  # the protocol profile entry every agent plan carries (None: reference)
+    abort_on: list[str] = field(default_factory=list)  # --abort-on, judged by the controller on the fleet's data
+    abort_grace_s: float = DEFAULT_GRACE_S
 
     def __post_init__(self) -> None:
         check_choice(self.scenario, "--scenario", SCENARIOS)
@@ -61,6 +64,9 @@ class FleetPlan(Load):
 
             self.traffic = TrafficModel.from_dict(self.traffic, self.traffic.get("name", "traffic")
                                                   if isinstance(self.traffic, dict) else "traffic").to_dict()
+        self.abort_rules = rules_from_json(self.abort_on)
+        if not 0 <= self.abort_grace_s <= 86400:
+            raise UsageError("--abort-grace must be between 0s and 24h")
 
     def fleet_criteria(self) -> list[crit.Criterion]:
         """The spec's defaults for the whole fleet's load, with the operator's overrides."""
@@ -71,7 +77,7 @@ class FleetPlan(Load):
         return share_stages(self.stages, self.generators.index(generator), len(self.generators))
 
     def agent_plan(self, generator: str, *, local_ips: list[str] | None = None, workers: int | None = None,
-                   pairing: str = "same-node") -> RunPlan:
+                   pairing: str = "same-node", metrics_port: int = 0) -> RunPlan:
         """This generator's RunPlan: its share of every stage target, its own criteria at its own scale."""
         return RunPlan(
             scenario=self.scenario, stages=self.share(generator), rate=self.rate,
@@ -80,6 +86,7 @@ class FleetPlan(Load):
             agent_id=generator, local_ips=local_ips, start_at=self.start_at, pairing=pairing,
             heartbeat_file="heartbeat", deadman_s=self.deadman_s, quiet=True, traffic=self.traffic, seed=self.seed,
             protocol=self.protocol,
+            run_id=self.run_id, metrics_port=metrics_port,
         ).with_criteria(self.criteria)
 
     def to_dict(self) -> dict:
@@ -91,7 +98,8 @@ class FleetPlan(Load):
                 "total_s": self.total_s, "peak_connections": self.peak_connections, "hold_s": self.hold_s,
                 "offered_msgs_per_s": self.offered_msgs_per_s, "min_generators": self.min_generators,
                 "criteria": list(self.criteria), "deadman_s": self.deadman_s, "start_at": self.start_at,
-                "traffic": self.traffic, "seed": self.seed, "protocol": self.protocol}
+                "traffic": self.traffic, "seed": self.seed, "protocol": self.protocol,
+                "abort_on": list(self.abort_on), "abort_grace_s": self.abort_grace_s}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FleetPlan":

@@ -9,6 +9,7 @@ import math
 import re
 
 from loadgen.errors import UsageError
+from loadgen.plan.abort import parse_abort, parse_grace
 from loadgen.plan.addresses import parse_endpoint, parse_local_ips
 from loadgen.plan.runplan import MODE_OF, SCENARIOS, RunPlan, check_range, protocol_entry
 from loadgen.plan.stages import MAX_TARGET, Stage, parse_duration, parse_stage
@@ -27,7 +28,8 @@ DEFAULTS = {
 PLAN_FLAGS = ("vus", "duration", "stage", "rate", "gateways", "start_at", "workers", "local_ips", "agent_id",
               "heartbeat_interval", "connect_timeout", "max_connecting", "criterion", "gateway_metrics",
               "heartbeat_file", "deadman_timeout", "reconnect", "backoff_base", "backoff_cap", "pairing",
-              "close_quiesce", "closed_loop", "traffic", "seed", "protocol")
+              "close_quiesce", "closed_loop", "traffic", "seed", "protocol", "metrics_port",
+              "abort_on", "abort_grace")
 
 
 def parse_env_overrides(pairs: list[str]) -> dict:
@@ -129,6 +131,12 @@ def plan_from_args(args, env: dict) -> RunPlan:
                        ("backoff_cap", "backoff_cap_s"), ("close_quiesce", "close_quiesce_s")):
         if getattr(args, flag) is not None:
             given[name] = parse_duration(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.abort_on:
+        given["abort_on"] = [parse_abort(e).text for e in args.abort_on]
+    if args.abort_grace is not None:
+        given["abort_grace_s"] = parse_grace(args.abort_grace)
+    if args.metrics_port is not None:
+        given["metrics_port"] = parse_int(args.metrics_port, "--metrics-port")
     if args.max_connecting is not None:
         given["max_connecting"] = parse_int(args.max_connecting, "--max-connecting")
     protocol = protocol_entry(args.protocol) if getattr(args, "protocol", None) else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from loadgen.errors import UsageError
 from loadgen.plan import criteria as crit
+from loadgen.plan.abort import rules_from_json
 from loadgen.plan.stages import Profile, Stage, parse_stage
 from loadgen.protocols import profile as protocols
 
@@ -111,6 +112,10 @@ class RunPlan(Load):
     heartbeat_file: str | None = None
     deadman_s: float = 60.0
     gateway_metrics: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the fleet's run id (fab cluster-test): a label of the live metrics
+    metrics_port: int = 0  # serve live Prometheus metrics on this port during the run; 0: off
+    abort_on: list[str] = field(default_factory=list)  # --abort-on thresholds (loadgen.plan.abort), this agent's own
+    abort_grace_s: float = 30.0  # no --abort-on is judged before this long after the start
     closed_loop: bool = False  # echo, one in flight per connection: latency per round trip (bench/README.md)
     traffic: dict | None = None  # the traffic model (loadgen.traffic.model, docs/traffic.md); None: constant
     seed: int = 0  # keys every draw of the traffic model: the same seed gives the same schedule
@@ -146,6 +151,9 @@ class RunPlan(Load):
         if self.connect_timeout_s <= 0:
             raise UsageError("--connect-timeout must be longer than 0s")
         check_range(self.max_connecting, "--max-connecting", 1, MAX_CONNECTING)
+        check_range(self.metrics_port, "--metrics-port", 0, 65535)
+        self.abort_rules = rules_from_json(self.abort_on)
+        check_range(self.abort_grace_s, "--abort-grace", 0, 86400, "s")
         check_range(self.close_quiesce_s, "--close-quiesce", 0, MAX_CLOSE_QUIESCE_S, "s")
         if self.deadman_s <= 0:
             raise UsageError("--deadman-timeout must be longer than 0s")

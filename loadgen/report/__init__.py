@@ -80,6 +80,8 @@ def format_verdict(summary: dict) -> str:
     from loadgen.plan.criteria import criterion_line
 
     lines = [f"{summary['status']}: {summary['run_id']}"]
+    if summary.get("aborted"):
+        lines.append(f"  {summary['aborted']['text']}")
     cap = summary.get("capacity")
     if cap:  # a capacity search: its knee and cause, not the whole run's criteria
         lines.append(f"  {cap['text']}" + (f"; first failing load {cap['first_bad']:g}" if cap["first_bad"] is not None else ""))

@@ -344,7 +344,8 @@ def analyze(run: RunData) -> dict:
         series["by_type"] = types["series"]
     agents_out = _agents(run, series, lat, con, win)
     problems = _run_problems(run, ts, agents_out, lat["bad_cells"] + con["bad_cells"] + ses["bad_cells"])
-    status, partial = verdict(rows, problems)
+    aborted = run.run.get("aborted")  # fab cluster-test's --abort-on tripped: the threshold, value and time
+    status, partial = verdict(rows, problems, aborted)
     cap = capacity.read(run.path, run.problems)
     if cap is not None:  # a capacity search: each step was judged on its own; its result is the run's verdict
         status, partial = cap["status"], list(cap["partial_reasons"]) + partial
@@ -380,6 +381,7 @@ def analyze(run: RunData) -> dict:
         "criteria": rows, "criteria_source": criteria_source, "criteria_passed": criteria_passed(rows),
         "workers_dead": {h: r["workers_dead"] for h, r in agents_out.items() if r["workers_dead"]},
         "stopped_by": stop,
+        "aborted": aborted,
         "agents": {h: {k: r.get(k) for k in ("state", "why", "version", "start_skew_ms", "worker_skew_max_ms",
                                              "attempted", "success_rate", "peak_active", "latency_p99_ms")}
                    for h, r in agents_out.items()},

@@ -54,7 +54,7 @@ FIGURES = (
     ("gateway_cpu_percent", "Gateway CPU peak (%)", "lower", "%", 2.0, "spread"),
     ("gateway_rss_growth_bytes_per_min", "Gateway RSS growth in hold (bytes/min)", "lower", "B", 262_144, "single"),
 )
-STATUS_RANK = {"PASS": 0, "PARTIAL": 1, "FAIL": 2}
+STATUS_RANK = {"PASS": 0, "PARTIAL": 1, "FAIL": 2, "ABORTED": 3}
 
 
 def rank_test(a, b) -> float:

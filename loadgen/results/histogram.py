@@ -124,3 +124,45 @@ def percentiles_ms(hist: HdrHistogram, points=(50, 95, 99)) -> dict:
     out["max"] = hist.get_max_value() / 1000.0 if count else None
     out["mean"] = hist.get_mean_value() / 1000.0 if count else None
     return out
+
+
+# Prometheus bucket bounds (seconds) for latency and connect time: 8 per doubling from 0.1 ms to ~2 min, so
+# histogram_quantile's interpolation inside one bucket is off by at most 9 % (a bucket is 2^(1/8) wide).
+PROMETHEUS_BOUNDS_S = tuple(round(0.0001 * 2 ** (i / 8), 7) for i in range(0, 8 * 21))
+
+
+_BOUND_INDEXES: dict = {}
+_INDEX_VALUES_US = []
+
+
+def _index_values_us():
+    """Each counts index's lowest value (µs), as numpy: HdrHistogram's value_from_index, vectorized once."""
+    import numpy as np
+
+    if not _INDEX_VALUES_US:
+        idx = np.arange(_COUNTS_LEN, dtype=np.int64)
+        bucket = (idx >> _SUB_HALF_MAG) - 1
+        sub = (idx & ((1 << _SUB_HALF_MAG) - 1)) + (1 << _SUB_HALF_MAG)
+        low = bucket < 0
+        sub[low] -= 1 << _SUB_HALF_MAG
+        bucket[low] = 0
+        _INDEX_VALUES_US.append((sub << bucket).astype(np.float64))
+    return _INDEX_VALUES_US[0]
+
+
+def cumulative_counts(hist: HdrHistogram, bounds_s=PROMETHEUS_BOUNDS_S) -> tuple[list[int], float]:
+    """For each bound, how many recorded values are <= it (Prometheus' cumulative `le` buckets), and the sum
+    of all values in seconds (each value as its bucket's lowest: within 0.1 %).
+
+    numpy over the counts array (~1 ms), never a Python walk over its 28K entries (HdrHistogram's
+    get_mean_value takes ~70 ms)."""
+    import numpy as np
+
+    counts = np.frombuffer(hist.counts, dtype=np.uint64)  # a view of HdrHistogram's ctypes array: no copy
+    cum = np.cumsum(counts)
+    idx = _BOUND_INDEXES.get(bounds_s)
+    if idx is None:
+        idx = _BOUND_INDEXES[bounds_s] = np.array(
+            [counts_index(max(LOWEST_US, min(HIGHEST_US, int(round(b * 1_000_000))))) for b in bounds_s])
+    total_s = float(np.dot(counts, _index_values_us())) / 1e6
+    return cum[idx].tolist(), total_s

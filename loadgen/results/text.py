@@ -61,7 +61,9 @@ def print_summary(s: dict, out=sys.stdout) -> None:
         lines[at:at] = block + [""]
     for r in s["criteria"]:
         lines.append(f"  {criterion_line(r)}")
-    result = {"PASS": "PASSED", "FAIL": "FAILED", "PARTIAL": "PARTIAL"}[s["status"]]
+    result = {"PASS": "PASSED", "FAIL": "FAILED", "PARTIAL": "PARTIAL", "ABORTED": "ABORTED"}[s["status"]]
+    if s.get("aborted"):
+        lines += ["", s["aborted"]["text"]]
     if s["partial_reasons"]:
         result += f" ({'; '.join(s['partial_reasons'])})"
     lines += ["", f"Result: {result}"]

@@ -376,3 +376,53 @@ def test_a_stopped_gateway_node_entries_expire_and_the_other_node_serves(lab):
     finally:
         ssh(lab, "gw2", "systemctl start im-gateway")
     wait_for(lambda: all(metric(g, "im_gateway_cluster_nodes") == 2 for g in GATEWAYS), 60, "gw2 back in the cluster")
+
+
+def prometheus_api(path: str, **params) -> dict:
+    from urllib.parse import urlencode
+
+    url = f"http://{INFRA1[0]}:9090/api/v1/{path}" + (f"?{urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=15) as r:
+        body = json.loads(r.read().decode())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dash = json.loads((REPO / "dashboards" / "loadgen.json").read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+
+
+@pytest.mark.timeout(900)
+def test_prometheus_scrapes_gateways_node_exporters_and_agents_and_every_dashboard_query_has_data(lab, tmp_path):
+    """Prometheus (roles/prometheus, on the lab's first infra host) scrapes both gateways, every host's node
+    exporter and, during a run, both agents (file_sd targets fab writes); every query of the shipped dashboard
+    returns data from it while the run goes on (docs/live.md)."""
+    hosts = re.findall(r"^(\S+) ansible_host=", (lab.inventory_dir / "hosts.ini").read_text(), re.M)
+    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:200", "45s:200", "3s:0"], rate=2.0)
+    try:
+        def up(job: str) -> set[str]:
+            return {t["labels"].get("host") or t["labels"]["instance"]
+                    for t in prometheus_api("targets")["activeTargets"]
+                    if t["labels"]["job"] == job and t["health"] == "up"}
+
+        # fab connects, runs preflight and the before-snapshot first (a minute or more on a busy lab)
+        wait_for(lambda: len(up("loadgen-agents")) == 2, 300, "both agents' /metrics up in Prometheus")
+        assert up("im-gateway") == {"gw1", "gw2"}
+        assert up("node") == set(hosts)
+        time.sleep(25)  # a few scrapes (5 s apart) into the hold: rate()s over 1m have two samples and more
+        empty = [(title, expr) for title, expr in dashboard_queries()
+                 if not prometheus_api("query", query=expr)["result"]]
+        assert empty == [], empty
+        # the fleet's live connections as the agents report them
+        active = prometheus_api("query", query="sum(loadgen_connections_active)")["result"]
+        assert float(active[0]["value"][1]) >= 150, active
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    assert proc.returncode == 0, out[-4000:]
+    # after the run fab emptied the agents' targets again
+    r = ssh(lab, "infra1", "cat /etc/prometheus/file_sd/loadgen-agents.json")
+    assert json.loads(r.stdout) == [], r.stdout
