@@ -58,7 +58,7 @@ def row(worker: int, latencies_us: list[int], **counts) -> dict:
     con.record_value(1500)
     r = {name: 0 for name in COUNTERS}
     r.update(counts, ts=1000.0 + worker, worker=worker, phase="hold", active=counts.get("connects_ok", 0),
-             latency_hdr=hdr.encode(lat), connect_hdr=hdr.encode(con), session_hdr=hdr.encode(ses))
+             latency_hdr=hdr.encode(lat), connect_hdr=hdr.encode(con), session_hdr=hdr.encode(ses), login_hdr="")
     return r
 
 
