@@ -112,8 +112,13 @@ def test_a_running_agent_follows_new_stages_and_a_ramp_down_ends_it_with_the_rea
     env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
     proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "throughput", "--vus", "10", "--rate", "2",
                              "--duration", "120s", "-e", f"GATEWAY_PORT={gateway.port}", "--out", str(out),
-                             "--workers", "2", "--quiet"], env={**env, "AUTH_TOKEN": TOKEN},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--workers", "2", "--quiet",
+                             # Only the success rate judges: the verdict under test is PARTIAL (stopped early),
+                             # which a busy machine's p99, CPU or hold throughput must not turn into FAIL.
+                             "--criterion", "message_p99_ms=off", "--criterion", "throughput_per_s=off",
+                             "--criterion", "gateway_cpu_percent=off",
+                             "--criterion", "gateway_rss_growth_bytes_per_min=off"],
+                            env={**env, "AUTH_TOKEN": TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ctl = Controller({"gen": LocalHost("gen", {})}, ["gen"], lambda host: str(out))
     try:
         _wait(proc, out, "10 open", lambda s: s.get("state") == "running" and s.get("active") == 10)
