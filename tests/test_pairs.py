@@ -16,7 +16,8 @@ def test_node_index_is_the_endpoint_the_worker_connects_to(pairing):
     for index in range(3):
         fake = SimpleNamespace(plan=SimpleNamespace(endpoints=eps, pairing=pairing, path="/ws"), index=index,
                                uids=[f"u{s}".encode() for s in range(12)],
-                               url_bases=[f"ws://{h}:{p}/ws?user=" for h, p in eps], uid_prefix="u")
+                               url_bases=[f"ws://{h}:{p}/ws?user=" for h, p in eps], uid_prefix="u",
+                               group_of=None)  # no traffic model: nobody joins a group at login
         for slot in range(12):
             host, port = eps[node_index(pairing, slot, index, len(eps))]
             assert Worker.url(fake, slot).startswith(f"ws://{host}:{port}/ws?"), (index, slot)
