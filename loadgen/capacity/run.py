@@ -236,6 +236,12 @@ class CapacityTest(ClusterTest):
         bad_step = next((s for s in self.steps if s["load"] == bad and not s["passed"]), None)
         knee_step = next((s for s in self.steps if s["load"] == knee and s["passed"]), None)
         cause = bad_step.get("cause") if bad_step else None
+        # A step the generators could not drive makes every later finding theirs too: a starved generator can fail
+        # the next (lower) step without a sign of its own, and the knee would then be reported as the gateway's.
+        starved = next((s["cause"] for s in self.steps if not s["passed"] and s.get("cause")
+                        and not s["cause"]["gateway_capacity"]), None)
+        if starved is not None and (cause is None or cause["gateway_capacity"]):
+            cause = starved
         partial = [self.partial] if self.partial else []
         if cause and not cause["gateway_capacity"]:
             partial.append(f"the generators were the limit: {cause['text']}")
