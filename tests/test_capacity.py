@@ -73,7 +73,8 @@ def test_search_climbs_then_bisects_a_bounded_number_of_steps():
 
 def _row(agent="g", worker=0, ts=0.0, **kw):
     r = {c: 0 for c in COLUMNS} | {"agent": agent, "worker": worker, "ts": ts, "phase": "hold",
-                                    "latency_hdr": "", "connect_hdr": "", "session_hdr": "", "by_type": ""}
+                                    "latency_hdr": "", "connect_hdr": "", "session_hdr": "", "by_type": "",
+                                    "elapsed_s": ts}
     return r | kw
 
 
@@ -109,6 +110,18 @@ def test_a_step_is_judged_on_its_own_window_and_the_cause_is_named_generators_fi
     errors = name_cause(fig, {"g": {}}, {"gw1": {"rejected_full": 0, "errors": {"route_failed": 12}}}, {"g": 1},
                         ["gw1"], ["g"])
     assert errors["kind"] == "backend_errors" and "route_failed 12" in errors["text"]
+
+
+def test_hold_throughput_counts_the_seconds_each_worker_s_rows_cover():
+    """The window's edges fall between rows: a worker whose rows sit half a second later can have one row fewer in
+    the window (its last one not yet written when the step is read: 7 of 8 rows), and a worker writing late rows
+    covers more time with each; neither changes the rate."""
+    rows = [_row(worker=0, ts=100 + t, msgs_sent=100, msgs_received=100) for t in range(1, 7)]
+    rows += [_row(worker=1, ts=100.5 + t, msgs_sent=100, msgs_received=100) for t in range(1, 5)]
+    fig = _step(rows)
+    assert fig["hold_rows"] == 7 and fig["messages"]["throughput_per_s"] == pytest.approx(200)
+    late = [_row(worker=0, ts=t, msgs_sent=100 * d, msgs_received=100 * d) for t, d in ((101, 1), (102, 1), (105, 3))]
+    assert _step(late)["messages"]["throughput_per_s"] == pytest.approx(100)  # one row for 3 s: still 100/s
 
 
 def test_cpu_limit_reads_affinity_and_every_cgroup_quota():

@@ -72,6 +72,27 @@ def _behind(lag: dict) -> float:
     return max(missing, lag["late_share"] or 0.0) * 1e6 + (lag["end_ms"] or 0)
 
 
+def hold_rate(step_rows: list[dict], hold: float) -> float:
+    """Messages received per second over the hold: per worker, its hold rows' deliveries over the time those rows
+    cover (from its last row before the hold to its last row in it), summed over workers. The window's edges fall
+    between a worker's per-second rows, so dividing by the window's wall seconds can drop or add a row (a step
+    read 7 of 8 rows as 700 msgs/s of 800 offered); a worker writing its rows late covers more time with each."""
+    before: dict = {}
+    held: dict = {}
+    for r in sorted(step_rows, key=lambda r: r["ts"]):
+        k = (r["agent"], r["worker"])
+        if r["ts"] <= hold:
+            before[k] = r["elapsed_s"]
+        else:
+            first, _, n = held.get(k, (r["elapsed_s"], None, 0))
+            held[k] = (first, r["elapsed_s"], n + r["msgs_received"])
+    rate = 0.0
+    for k, (first, last, n) in held.items():
+        start = before.get(k, first - 1.0)  # no row before the hold in this step: its first row covers a second
+        rate += n / max(last - start, 1e-3)
+    return rate
+
+
 def step_figures(rows: list[dict], win: Window, criteria, offered_per_s: float, target_connections: int,
                  workers=()) -> dict:
     """workers: every (agent, worker) seen so far (one silent in this step is behind, or gone)."""
@@ -82,7 +103,7 @@ def step_figures(rows: list[dict], win: Window, criteria, offered_per_s: float, 
     connections = figures.connection_figures(conn_counts)
     connections["active_end"] = sum(per_worker_last(step_rows, "active").values())
     connections["target"] = target_connections
-    messages = figures.message_figures(hold_counts, hold_counts["msgs_received"] / hold_s)
+    messages = figures.message_figures(hold_counts, hold_rate(step_rows, win.hold))
     messages["offered_per_s"] = offered_per_s
     connect = _merged(step_rows, "connect_hdr").percentiles_ms()
     latency = _merged(hold_rows, "latency_hdr").percentiles_ms()
