@@ -12,18 +12,16 @@ import heapq
 import random
 
 
-class OpenSchedule:
-    """Due times for many users at `rate` sends per second each, in one heap.
+class LazyHeap:
+    """Due times of many users in one heap of (due_ns, user, generation).
 
     Removing a user is lazy: its heap entry is skipped when popped (generation check), so add and
-    remove are O(log n) and idle users cost one tuple each.
+    remove are O(log n) and idle users cost one tuple each. The subclasses say when each user is due.
     """
 
-    def __init__(self, rate_per_s: float, rng: random.Random | None = None) -> None:
-        self.period_ns = int(1e9 / rate_per_s) if rate_per_s > 0 else 0
+    def __init__(self) -> None:
         self._heap: list[tuple[int, int, int]] = []  # (due_ns, user, generation)
         self._generation: dict[int, int] = {}
-        self._rng = rng or random.Random()
 
     def __len__(self) -> int:
         return len(self._generation)
@@ -31,14 +29,35 @@ class OpenSchedule:
     def __contains__(self, user: int) -> bool:
         return user in self._generation
 
+    def _start(self, user: int, first_ns: int) -> None:
+        """(Re)start `user`'s sends at first_ns; an entry of its earlier generation is skipped when popped."""
+        gen = self._generation.get(user, -1) + 1
+        self._generation[user] = gen
+        heapq.heappush(self._heap, (first_ns, user, gen))
+
+    def remove(self, user: int) -> None:
+        self._generation.pop(user, None)
+
+    def next_due_ns(self) -> int | None:
+        heap = self._heap
+        while heap and self._generation.get(heap[0][1]) != heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+
+class OpenSchedule(LazyHeap):
+    """Due times for many users at `rate` sends per second each."""
+
+    def __init__(self, rate_per_s: float, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self.period_ns = int(1e9 / rate_per_s) if rate_per_s > 0 else 0
+        self._rng = rng or random.Random()
+
     def add(self, user: int, now_ns: int) -> None:
         """Start sending for `user`: first send at a random phase within one period."""
         if not self.period_ns:
             return
-        gen = self._generation.get(user, -1) + 1
-        self._generation[user] = gen
-        first = now_ns + int(self._rng.random() * self.period_ns)
-        heapq.heappush(self._heap, (first, user, gen))
+        self._start(user, now_ns + int(self._rng.random() * self.period_ns))
 
     def set_rate(self, rate_per_s: float, users, now_ns: int) -> None:
         """A new rate from now on (a control message). Users already scheduled keep their next due time and
@@ -52,15 +71,6 @@ class OpenSchedule:
         elif not was:
             for user in users:
                 self.add(user, now_ns)
-
-    def remove(self, user: int) -> None:
-        self._generation.pop(user, None)
-
-    def next_due_ns(self) -> int | None:
-        heap = self._heap
-        while heap and self._generation.get(heap[0][1]) != heap[0][2]:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
 
     def due(self, now_ns: int, limit: int = 1 << 30):
         """Yield (user, scheduled_ns) for every send due by now_ns, each at its own scheduled time."""

@@ -203,22 +203,14 @@ class LoopConn(LoopLogic, Conn):
         w.totals_sent += 1
 
 
-class ProfileConn(ConnLogic, WSListener):
+class ProfileConn(Conn):
     """A connection speaking a protocol profile (loadgen.protocols): frames buffered for the login steps
     until they are done, then classified by the profile's inbound rules."""
 
-    __slots__ = ("w", "slot", "transport", "established_ns", "planned", "closed_by_gateway", "sent_ns",
-                 "acts", "user", "login_frames", "login_wake")
+    __slots__ = ("acts", "user", "login_frames", "login_wake")
 
     def __init__(self, worker: "Worker", slot: int) -> None:
-        super().__init__()
-        self.w = worker
-        self.slot = slot
-        self.transport = None
-        self.established_ns = 0
-        self.planned = False
-        self.closed_by_gateway = False
-        self.sent_ns = 0  # closed loop: send time of the echo in flight (0: none)
+        super().__init__(worker, slot)
         self.acts = None  # the profile's frames bound to this connection, after login
         self.user = b""
         self.login_frames = deque()  # a server may speak first: buffered from the upgrade on

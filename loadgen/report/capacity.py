@@ -3,27 +3,19 @@ its cause, one table row per step and charts of the steps. summary.json carries 
 
 from __future__ import annotations
 
-import json
 import os
 
 from markupsafe import Markup
 
 from loadgen.report import svg
+from loadgen.report.load import read_json
 
 FILE_NAME = "capacity.json"
 
 
 def read(run_dir: str, problems: list[str]) -> dict | None:
-    path = os.path.join(run_dir, FILE_NAME)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        problems.append(f"{path}: unreadable ({exc})")
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("steps"), list) else None
+    data = read_json(os.path.join(run_dir, FILE_NAME), problems)
+    return data if data is not None and isinstance(data.get("steps"), list) else None
 
 
 def _max_over(res: dict, hosts, metric: str):

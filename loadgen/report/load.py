@@ -45,7 +45,7 @@ class RunData:
         return str(self.plan.get("run_id") or self.run.get("run_id") or os.path.basename(os.path.normpath(self.path)))
 
 
-def _read_json(path: str, problems: list[str]) -> dict | None:
+def read_json(path: str, problems: list[str]) -> dict | None:
     try:
         with open(path) as f:
             data = json.load(f)
@@ -145,8 +145,8 @@ def _tail(path: str, lines: int = 40) -> str | None:
 
 def read_agent(host: str, path: str) -> AgentData:
     a = AgentData(host=host, path=path)
-    a.summary = _read_json(os.path.join(path, "summary.json"), a.problems)
-    a.status = _read_json(os.path.join(path, "status.json"), a.problems)
+    a.summary = read_json(os.path.join(path, "summary.json"), a.problems)
+    a.status = read_json(os.path.join(path, "status.json"), a.problems)
     a.timeseries = read_timeseries(os.path.join(path, "timeseries.csv"), a.problems)
     a.gateway_metrics = read_gateway_metrics(os.path.join(path, "gateway_metrics.csv"), a.problems)
     a.log_tail = _tail(os.path.join(path, "agent.log"))
@@ -186,8 +186,8 @@ def load_run(path: str) -> RunData:
     if not (has_agents or any(os.path.isfile(os.path.join(path, f)) for f in ("plan.json", "run.json"))):
         raise UsageError(f"{path} is not a run directory (no plan.json, run.json or agents/)")
     problems: list[str] = []
-    plan = _read_json(os.path.join(path, "plan.json"), problems) or {}
-    run = _read_json(os.path.join(path, "run.json"), problems) or {}
+    plan = read_json(os.path.join(path, "plan.json"), problems) or {}
+    run = read_json(os.path.join(path, "run.json"), problems) or {}
     agents: dict[str, AgentData] = {}
     if has_agents:
         root = os.path.join(path, "agents")

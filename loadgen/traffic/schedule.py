@@ -1,6 +1,6 @@
 """The agent's send schedule under a traffic model (open model, apart from I/O).
 
-Like loadgen.agent.schedule.OpenSchedule, one heap of (due_ns, user, generation) with lazy removal; each due
+Like loadgen.agent.schedule.OpenSchedule, a LazyHeap of (due_ns, user, generation); each due
 send also carries its message type and size. A user's n-th message (its gap, type and size) is a keyed draw of
 (seed, user, n): the same seed gives the same schedule. Times are fixed when drawn, and latency is measured
 from them (no coordinated omission); bursts and the spike compress the gaps (loadgen.traffic.arrivals).
@@ -13,14 +13,16 @@ import heapq
 import math
 from array import array
 
+from loadgen.agent.schedule import LazyHeap
 from loadgen.traffic import keyed
 
 
-class TrafficSchedule:
+class TrafficSchedule(LazyHeap):
     def __init__(self, model, rate_per_s: float, keys: list[int], t0_ns: int = 0,
                  in_group: bytearray | None = None) -> None:
         """keys: a keyed.user_key per user (slot); in_group: 1 for users that are in a group (they may draw group
         types; the others draw from the mix without them)."""
+        super().__init__()
         self.model = model
         self.arrivals = model.arrivals(rate_per_s)
         self.keys = keys
@@ -28,14 +30,6 @@ class TrafficSchedule:
         self.t0_ns = t0_ns
         self.in_group = in_group
         self.sizes = [t.size for t in model.types]
-        self._heap: list[tuple[int, int, int]] = []
-        self._generation: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._generation)
-
-    def __contains__(self, user: int) -> bool:
-        return user in self._generation
 
     def _ns(self, t: float) -> int:
         return self.t0_ns + int(t * 1e9)
@@ -46,21 +40,12 @@ class TrafficSchedule:
     def add(self, user: int, now_ns: int) -> None:
         if self.arrivals.rate <= 0:
             return
-        gen = self._generation.get(user, -1) + 1
-        self._generation[user] = gen
         u = keyed.message_draws(self.keys[user], self.seq[user])[0]
         first = self.arrivals.first(self._t(now_ns), u)
         if first != float("inf"):
-            heapq.heappush(self._heap, (self._ns(first), user, gen))
-
-    def remove(self, user: int) -> None:
-        self._generation.pop(user, None)
-
-    def next_due_ns(self) -> int | None:
-        heap = self._heap
-        while heap and self._generation.get(heap[0][1]) != heap[0][2]:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+            self._start(user, self._ns(first))
+        else:  # no send ahead: an entry of its earlier session must not fire either
+            self._generation[user] = self._generation.get(user, -1) + 1
 
     def draw(self, user: int, seq: int) -> tuple[int, int]:
         """(type index, size in bytes) of a user's seq-th message."""
