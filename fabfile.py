@@ -5,7 +5,7 @@
     fab preflight [-i INVENTORY]
     fab report reports/RUN_ID
     fab compare reports/BASELINE reports/CANDIDATE [--tolerance 0.1] [--confidence 0.999]
-    fab lab-up [--hosts 7] / fab lab-down
+    fab lab-up [--hosts 7 | --generators N] / fab lab-down
 """
 
 import sys
@@ -160,12 +160,22 @@ def compare(c, run_a, run_b, tolerance="0.10", confidence="0.999"):
 
 
 # --- lab (loadgen/lab): keep these two tasks at the end of the file ---------------------------
-@task(klass=OptionTask, help={"hosts": "number of lab hosts (>= 3; default 7: 2 generators, 2 gateways, 3 infra)"})
-def lab_up(c, hosts=7):
+@task(klass=OptionTask, help={"hosts": "number of lab hosts (>= 3; default 7: 2 generators, 2 gateways, 3 infra)",
+                              "generators": "number of generator hosts instead: the same as --hosts N+5"})
+def lab_up(c, hosts=None, generators=None):
     """Boot the systemd-nspawn lab (root) and write inventory/lab/."""
-    from loadgen.lab import lab_up as _lab_up
+    from loadgen.errors import UsageError
+    from loadgen.lab import hosts_for, lab_up as _lab_up
 
-    _lab_up(int(hosts))
+    def up():
+        if hosts is not None and generators is not None:
+            raise UsageError("give --hosts or --generators, not both (--generators N is --hosts N+5)")
+        for name, value in (("--hosts", hosts), ("--generators", generators)):
+            if value is not None and not str(value).isdigit():
+                raise UsageError(f"{name} {value}: a whole number")
+        _lab_up(hosts_for(int(generators)) if generators is not None else int(hosts or 7))
+
+    _guard(up)
 
 
 @task(klass=OptionTask, help={"purge": "also delete the cached rootfs and built artifacts"})

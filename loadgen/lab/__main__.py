@@ -1,11 +1,12 @@
-"""python -m loadgen.lab up [--hosts N] | down [--purge] | status | kafka-dist DIR | cpu [--seconds S] [--json]"""
+"""python -m loadgen.lab up [--hosts N | --generators N] | down [--purge] | status | kafka-dist DIR | cpu [--seconds S] [--json]"""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from loadgen.lab import lab_down, lab_status, lab_up
+from loadgen.errors import UsageError
+from loadgen.lab import hosts_for, lab_down, lab_status, lab_up
 from loadgen.lab.kafka_dist import build_kafka_archive, sha256
 
 
@@ -13,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadgen.lab", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="boot the nspawn lab and write inventory/lab")
-    up.add_argument("--hosts", type=int, default=7)
+    size = up.add_mutually_exclusive_group()
+    size.add_argument("--hosts", type=int, default=7, help="lab hosts (>= 3; default 7)")
+    size.add_argument("--generators", type=int, help="generator hosts; the same as --hosts N+5 (3 infra, 2 gateways)")
     down = sub.add_parser("down", help="tear the lab down (idempotent)")
     down.add_argument("--purge", action="store_true", help="also delete the cached rootfs and artifacts")
     sub.add_parser("status")
@@ -24,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.cmd == "up":
-        state = lab_up(a.hosts)
+        try:
+            state = lab_up(hosts_for(a.generators) if a.generators is not None else a.hosts)
+        except UsageError as exc:
+            print(f"python -m loadgen.lab: error: {exc}", file=sys.stderr)
+            return exc.exit_code
         print(json.dumps({"hosts": state["hosts"], "timings": state.get("timings")}, indent=1))
     elif a.cmd == "down":
         lab_down(purge=a.purge)

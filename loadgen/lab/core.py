@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from loadgen.errors import UsageError
 from loadgen.lab.kafka_dist import KAFKA_VERSION, build_kafka_archive, sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +106,78 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 # --------------------------------------------------------------------------- layout
 
+# Hosts that are not generators: 3 infra (etcd + kafka + redis) and 2 gateways. `--generators N` is `--hosts N + 5`.
+NON_GENERATOR_HOSTS = 5
+# Hosts booted at once: 2 cores boot ~10 systemd containers together without ssh timing out; a batch's sshd is
+# waited for before the next batch boots, so a scale lab never has a hundred boots competing.
+BOOT_BATCH = 10
+SSH_WAIT_S = 120.0  # per batch, retried every 0.2 s (ssh ConnectTimeout 2 s)
+# Up-front budget per host, from measurements on this machine (docs in playbooks/README.md, "The scale lab"):
+# an idle host ~30 MB; a generator with its agent and ~100 connections stays under 100 MB; an infra host runs
+# Kafka (heap 320 MB), etcd and Redis; a gateway node holds the fleet's connections. Disk: the host's overlay
+# upper layer after site.yml (venv ~200 MB, wheelhouse tar + unpacked ~110 MB, apt packages).
+MEM_MB = {"infra": 900, "gateway": 400, "generator": 100}
+DISK_MB_PER_HOST = 450
+MEM_HEADROOM = 0.8  # of MemAvailable: the controller (fab, ansible) and the machine's other users keep the rest
+
+
+def hosts_for(generators: int) -> int:
+    """The lab size for *generators* generator hosts (plus 3 infra and 2 gateway hosts)."""
+    if generators < 1:
+        raise UsageError(f"--generators {generators}: needs at least 1")
+    return generators + NON_GENERATOR_HOSTS
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_HOST = 16  # a container's systemd, journald, networkd, logind, dbus and sshd take ~10 (measured)
+
+
+def raise_inotify_limit(hosts: int) -> None:
+    """Every container's systemd counts against root's one inotify-instance budget (default 128: the 16th host
+    failed its boot with "Failed to create inotify object: Too many open files"). Raised, never lowered."""
+    want = 256 + INOTIFY_PER_HOST * hosts
+    have = int(INOTIFY_INSTANCES.read_text())
+    if have < want:
+        INOTIFY_INSTANCES.write_text(f"{want}\n")
+        log(f"fs.inotify.max_user_instances {have} -> {want} ({hosts} hosts boot systemd)")
+
+
+def _kinds(hosts: list[dict]) -> list[str]:
+    return ["infra" if "etcd" in h["groups"] else "gateway" if "gateways" in h["groups"] else "generator"
+            for h in hosts]
+
+
+def _mem_available_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def preflight(cfg: LabConfig, plan: list[dict], mem_available_mb: int | None = None,
+              disk_free_mb: int | None = None) -> None:
+    """Refuse, in one line and before anything is touched, a lab the subnet, the RAM or the disk cannot hold."""
+    n = len(plan)
+    last = cfg.first_host + n - 1
+    if last > 254:
+        raise UsageError(f"{n} lab hosts do not fit in {cfg.subnet}.0/24 (addresses .{cfg.first_host}-.254: at most "
+                         f"{255 - cfg.first_host} hosts, {255 - cfg.first_host - NON_GENERATOR_HOSTS} generators)")
+    kinds = _kinds(plan)
+    need_mem = sum(MEM_MB[k] for k in kinds)
+    avail = _mem_available_mb() if mem_available_mb is None else mem_available_mb
+    if need_mem > MEM_HEADROOM * avail:
+        raise UsageError(f"{n} lab hosts need ~{need_mem:,} MB of memory ({kinds.count('generator')} generators x "
+                         f"{MEM_MB['generator']} MB, infra and gateways); {avail:,} MB available, "
+                         f"{MEM_HEADROOM:.0%} of it may be used")
+    if disk_free_mb is None:
+        probe = cfg.lab_dir if cfg.lab_dir.exists() else cfg.lab_dir.parent
+        disk_free_mb = shutil.disk_usage(probe).free // 2**20
+    need_disk = n * DISK_MB_PER_HOST
+    if need_disk > disk_free_mb:
+        raise UsageError(f"{n} lab hosts need ~{need_disk:,} MB of disk under {cfg.lab_dir} "
+                         f"({DISK_MB_PER_HOST} MB each once deployed); {disk_free_mb:,} MB free")
+
+
 def layout(hosts: int = 7) -> list[dict]:
     """Host names and groups for *hosts* lab hosts.
 
@@ -112,7 +185,7 @@ def layout(hosts: int = 7) -> list[dict]:
     then two gateways, then generators. With fewer than 7 hosts the infra hosts also take the
     gateway and generator roles that have no dedicated host (at least one host each)."""
     if hosts < 3:
-        raise ValueError("the lab needs at least 3 hosts (etcd, kafka and redis are 3-node clusters)")
+        raise UsageError(f"--hosts {hosts}: the lab needs at least 3 hosts (etcd, kafka and redis are 3-node clusters)")
     names: list[dict] = [{"name": f"infra{i}", "groups": ["etcd", "kafka", "redis"]} for i in (1, 2, 3)]
     rest = hosts - 3
     n_gw = min(2, (rest + 1) // 2)
@@ -331,7 +404,7 @@ def _ssh_base(cfg: LabConfig) -> list[str]:
             "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", "-l", "root"]
 
 
-def _wait_ssh(cfg: LabConfig, ip: str, timeout: float = 90.0) -> None:
+def _wait_ssh(cfg: LabConfig, ip: str, timeout: float = SSH_WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     cmd = _ssh_base(cfg) + [ip, "systemctl is-system-running --wait >/dev/null 2>&1; true"]
     while True:
@@ -475,13 +548,16 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
     Idempotent: a lab that is already up with the same layout is kept (its inventory is
     rewritten); any other lab state is torn down first."""
     cfg = cfg or LabConfig()
-    if os.geteuid() != 0:
-        raise PermissionError("the lab needs root (mounts, bridge, systemd-nspawn)")
     t0 = time.monotonic()
     plan = layout(hosts)
     for i, h in enumerate(plan):
         h["ip"] = f"{cfg.subnet}.{cfg.first_host + i}"
     old = _load_state(cfg)
+    # a lab that is up holds memory that its teardown below gives back: counted as available
+    held = sum(MEM_MB[k] for k in _kinds(old["hosts"])) if old and _running(cfg, old) else 0
+    preflight(cfg, plan, mem_available_mb=_mem_available_mb() + held)
+    if os.geteuid() != 0:
+        raise PermissionError("the lab needs root (mounts, bridge, systemd-nspawn)")
     if old and [(h["name"], h["ip"], h["groups"]) for h in old["hosts"]] == \
             [(h["name"], h["ip"], h["groups"]) for h in plan] and _running(cfg, old):
         log(f"lab already up with {hosts} hosts; rewriting {cfg.inventory_dir}")
@@ -503,16 +579,21 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
     t = time.monotonic()
     bridge_up(cfg)
     proxy_up(cfg)
+    raise_inotify_limit(len(plan))
     for h in plan:
         h["hostkey"] = " ".join(_prepare_clone(cfg, h, plan))
     state = {"hosts": plan, "artifacts": artifacts, "bridge": cfg.bridge,
              "secrets": {"redis_password": secrets.token_urlsafe(24), "gateway_token": secrets.token_urlsafe(24)}}
     cfg.state_file.write_text(json.dumps(state, indent=1))
     write_inventory(cfg, state)  # known_hosts first: the ssh wait below checks host keys
-    for h in plan:
-        _boot(cfg, h["name"])
-    with ThreadPoolExecutor(max_workers=len(plan)) as ex:
-        list(ex.map(lambda h: _wait_ssh(cfg, h["ip"]), plan))
+    for i in range(0, len(plan), BOOT_BATCH):
+        batch = plan[i:i + BOOT_BATCH]
+        for h in batch:
+            _boot(cfg, h["name"])
+        with ThreadPoolExecutor(max_workers=len(batch)) as ex:
+            list(ex.map(lambda h: _wait_ssh(cfg, h["ip"]), batch))
+        if len(plan) > BOOT_BATCH:
+            log(f"{i + len(batch)}/{len(plan)} hosts up ({time.monotonic() - t:.0f} s)")
     timings["boot_s"] = round(time.monotonic() - t, 1)
     timings["total_s"] = round(time.monotonic() - t0, 1)
     state["timings"] = timings
