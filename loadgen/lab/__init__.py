@@ -11,6 +11,6 @@ why.  Nothing outside the lab dir, the bridge, the cgroups named after the lab
 and ``inventory/lab/`` is touched.
 """
 
-from loadgen.lab.core import LabConfig, hosts_for, lab_down, lab_status, lab_up, layout
+from loadgen.lab.core import LabConfig, hosts_for, lab_down, lab_status, lab_up, layout, write_scale_overrides
 
-__all__ = ["LabConfig", "hosts_for", "lab_down", "lab_status", "lab_up", "layout"]
+__all__ = ["LabConfig", "hosts_for", "lab_down", "lab_status", "lab_up", "layout", "write_scale_overrides"]

@@ -514,6 +514,19 @@ loadgen_traffic: constant
 """)
 
 
+def write_scale_overrides(cfg: LabConfig) -> None:
+    """A fleet-scale lab's inventory: gateways without the cluster backends (the scale tests measure the
+    controller and its generators, not cross-node routing; the infra hosts stay idle and site.yml's infra part is
+    not needed) and one agent process per generator (the lab's hosts share the controller's 2 cores)."""
+    inv = cfg.inventory_dir
+    (inv / "group_vars" / "gateways" / "scale.yml").write_text(
+        "---\n# Written by loadgen.lab.write_scale_overrides: standalone gateways (no etcd/Kafka/Redis needed).\n"
+        "im_gateway_cluster: false\ngateway_cluster: false\n")
+    (inv / "group_vars" / "generators" / "scale.yml").write_text(
+        "---\n# Written by loadgen.lab.write_scale_overrides: one agent process per generator host.\n"
+        "loadgen_workers: 1\n")
+
+
 # --------------------------------------------------------------------------- public API
 
 def _load_state(cfg: LabConfig) -> dict | None:
