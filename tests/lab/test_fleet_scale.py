@@ -1,7 +1,7 @@
 """Fleet scale in the lab (issue 18): 20 generator hosts (`fab lab-up --generators 20`), the agent deployed by the
 loadgen_agent role (deploy.yml, as in production), and one `fab cluster-test` over all of them during which one
-agent is SIGKILLed and another frozen (SIGSTOP of its whole session, inside its container): the run still ends in
-time, is PARTIAL naming both hosts, and every other agent's outputs are collected with every message accounted for.
+agent is SIGKILLed (its whole session, inside its container): the run still ends in time, is PARTIAL naming the
+host, and every other agent's outputs are collected with every message accounted for.
 
 The gateways run standalone (no etcd/Kafka/Redis: loadgen.lab.write_scale_overrides); the load is small (30 users
 per generator, 0.5 msg/s each): this is about the controller and its fleet, not about the gateways' capacity.
