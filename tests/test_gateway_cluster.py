@@ -627,3 +627,72 @@ def test_a_group_of_500_over_two_nodes_reaches_all_499_others_once_with_one_reco
     # every member closed: the counts leave Redis, the gauges drop to zero
     wait_for(lambda: redis_cli(backends, "EXISTS", "im:group:big") == "0", 10, "group counts released")
     assert metric(a, "im_gateway_group_members") == 0 and metric(b, "im_gateway_groups") == 0
+
+
+
+GROUPS_ACROSS_NODES = """
+traffic:
+  arrival: poisson
+  types:
+    text:  {weight: 40, size: 200}
+    group: {weight: 60, size: {uniform: [100, 400]}, to: group}
+  groups: {members: 1.0, size: {table: {6: 1, 10: 1}}}
+"""
+
+
+def test_groups_across_nodes_through_ramp_up_and_down_are_exactly_accounted(backends, patient_pair, tmp_path):
+    """Members join while group messages are on their way through Kafka (ramp-up) and leave while others
+    still send (ramp-down). The agent quiets a group while a member joins or leaves (loadgen.agent.groupquiet)
+    and the gateways answer join and leave once Redis counts them: every delivery owed (the acks' n) arrives,
+    none more (a delivery to a member who joined after the count, or lost to one who left, would break it)."""
+    pair = patient_pair
+    a, b = pair
+    model = tmp_path / "groups.yaml"
+    model.write_text(GROUPS_ACROSS_NODES)
+    out = tmp_path / "out"
+    r = run_loadgen("run", "cluster", "--stage", "2s:200", "--stage", "4s:200", "--stage", "2s:0", "--rate", "5",
+                    "--workers", "1", "--pairing", "cross-node", "--gateways", f"127.0.0.1:{a.port},127.0.0.1:{b.port}",
+                    "--traffic", str(model), "--seed", "7", "--heartbeat-interval", "1s", "--out", str(out),
+                    "--criterion", "message_p99_ms=off", "--criterion", "message_success_rate=off", timeout=180)
+    assert r.returncode in (0, 99), r.stdout[-3000:] + r.stderr[-3000:]
+    by_type = json.loads((out / "summary.json").read_text())["by_type"]
+    group = by_type["group"]
+    assert group["sent"] > 200 and group["acked"] + group["errors"] == group["sent"], group
+    assert group["fan_out"] > 3, group  # groups of 6 and 10, members on both nodes
+    for name, f in by_type.items():
+        assert f["owed"] == f["received"] + f["errors"] and f["lost"] == 0, (name, f)
+    for gw, node in ((a, "gw-a"), (b, "gw-b")):  # each node fanned out the other's records, no member gone
+        assert metric(gw, f'im_gateway_group_records_total{{node="{node}",direction="received"}}') > 0
+        assert metric(gw, f'im_gateway_group_deliveries_total{{node="{node}",route="remote"}}') > 0
+        assert metric(gw, f'im_gateway_errors_total{{node="{node}",kind="remote_group_member_gone"}}') == 0
+
+
+def test_a_read_asked_for_during_a_pipeline_waits_for_the_next_one_with_the_writes_made_meanwhile(backends):
+    """A join's or leave's answer must include its own count: a read asked for while a pipeline is under way
+    (Redis paused here) is answered by the next pipeline, which carries the write made meanwhile."""
+    from redis.asyncio import Redis
+
+    from loadgen.gateway.cluster.groupdir import GroupDirectory
+
+    async def go():
+        redis = Redis(port=backends["redis"].port, decode_responses=True)
+        local = {"g": 1}
+        d = GroupDirectory(redis, "n1", 10.0, local.get, lambda exc: None, 100)
+        runner = asyncio.create_task(d.run())
+        answers = []
+        try:
+            await redis.execute_command("CLIENT", "PAUSE", "500")  # the next pipeline waits in Redis
+            d.changed("g")
+            d.read("g", lambda counts, error: answers.append(("first", counts)))
+            await asyncio.sleep(0.2)  # that pipeline is under way
+            local["g"] = 2
+            d.changed("g")
+            d.read("g", lambda counts, error: answers.append(("second", counts)))
+            await until(lambda: len(answers) == 2, 10, "both reads answered")
+        finally:
+            runner.cancel()
+            await redis.delete("im:group:g")
+            await redis.aclose()
+        return answers
+
+    assert asyncio.run(go()) == [("first", {"n1": 1}), ("second", {"n1": 2})]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
-MSG, ECHO, ACK, PONG, ERROR, OTHER, GMSG = range(7)
+MSG, ECHO, ACK, PONG, ERROR, OTHER, GMSG, JOINED, LEFT = range(9)
 _PREFIXES = ((b'{"type":"msg"', MSG), (b'{"type":"echo"', ECHO), (b'{"type":"ack"', ACK),
              (b'{"type":"pong"', PONG), (b'{"type":"error"', ERROR), (b'{"type":"gmsg"', GMSG))
 ECHO_PREFIX = b'{"type":"echo"'
-_TYPES = {"msg": MSG, "echo": ECHO, "ack": ACK, "pong": PONG, "error": ERROR, "gmsg": GMSG}
+_TYPES = {"msg": MSG, "echo": ECHO, "ack": ACK, "pong": PONG, "error": ERROR, "gmsg": GMSG, "joined": JOINED,
+          "left": LEFT}
 
 
 def make_body(size: int) -> bytes:
@@ -27,6 +28,16 @@ def send_frame(to_user: bytes, seq: int, scheduled_ns: int, body: bytes) -> byte
 def gsend_frame(group: bytes, seq: int, scheduled_ns: int, body: bytes) -> bytes:
     """A message to every other member of a group (the gateway acks it with n = members addressed)."""
     return b'{"type":"gsend","group":"%s","id":%d,"ts":%d,"body":"%s"}' % (group, seq, scheduled_ns, body)
+
+
+def join_frame(group: bytes) -> bytes:
+    """Join a group (the gateway answers `joined` once every node counts the member)."""
+    return b'{"type":"join","group":"%s"}' % group
+
+
+def leave_frame(group: bytes) -> bytes:
+    """Leave a group (the gateway answers `left` once every node counts the leave)."""
+    return b'{"type":"leave","group":"%s"}' % group
 
 
 def int_field(payload: bytes, key: bytes) -> int | None:

@@ -57,6 +57,9 @@ class Slots:
         # messages from it not yet acked or refused; 8 bytes per slot
         self.pending_in = array("I", bytes(4 * n)) if quiesce_ns else None
         self.pending_out = array("I", bytes(4 * n)) if quiesce_ns else None
+        # slot -> True while it may not close for another reason (a group member that has not left its group:
+        # loadgen.agent.groupquiet); None: no such reason
+        self.busy = None
 
     def grow(self, n: int) -> None:
         """Room for n slots (a control message raised the target above the plan's peak); never shrinks."""
@@ -168,7 +171,8 @@ class Slots:
         self.closing += 1
         if churn_pause_ns is not None:
             self.churn_pause_ns[slot] = churn_pause_ns
-        if self.quiesce_ns and (self.pending_in[slot] or self.pending_out[slot]):
+        if self.quiesce_ns and (self.pending_in[slot] or self.pending_out[slot] or
+                                (self.busy is not None and self.busy(slot))):
             self.quiescing[slot] = (conn, now_ns + self.quiesce_ns)
             return False
         return True
@@ -178,9 +182,9 @@ class Slots:
         up: their close frames are to go now. A message still in flight then is the agent's `lost`."""
         if not self.quiescing:
             return []
-        pending_in, pending_out = self.pending_in, self.pending_out
+        pending_in, pending_out, busy = self.pending_in, self.pending_out, self.busy
         done = [slot for slot, (_, until) in self.quiescing.items()
-                if now_ns >= until or not (pending_in[slot] or pending_out[slot])]
+                if now_ns >= until or not (pending_in[slot] or pending_out[slot] or (busy is not None and busy(slot)))]
         return [self.quiescing.pop(slot)[0] for slot in done]
 
     def ended(self, slot: int, conn, now_ns: int) -> str | None:

@@ -26,6 +26,7 @@ import picows
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
 
 from loadgen.agent import frames
+from loadgen.agent.groupquiet import JOIN, GroupQuiet
 from loadgen.agent.login import LoginFailed, run_login
 from loadgen.results import histogram as hdr
 from loadgen.agent.interval import Interval
@@ -322,6 +323,7 @@ class Worker:
         self.sends = OpenSchedule(0 if self.closed_loop else plan.rate, self.rng)
         self.model = getattr(plan, "traffic_model", None)  # None: today's constant traffic
         self.group_of = None
+        self.group_quiet = None
         if self.model is not None:
             self._init_traffic(plan, n)
         # Heartbeats: a cursor sweeps the slots once per heartbeat period, so a connection costs no
@@ -347,9 +349,14 @@ class Worker:
         n_endpoints = len(plan.endpoints)
         same_node = None if plan.pairing == "cross-node" else (
             lambda s: node_index(plan.pairing, s, self.index, n_endpoints))
-        group_of, _sizes = traffic_groups.assign(n, model.groups, keyed.user_key(plan.seed, self.uid_prefix),
-                                                 same_node)
+        group_of, sizes = traffic_groups.assign(n, model.groups, keyed.user_key(plan.seed, self.uid_prefix),
+                                                same_node)
         self.group_of = group_of if model.groups is not None else None
+        # peer mode's quiet period covers groups too: a member's planned close quiets its group first
+        self.group_quiet = GroupQuiet(group_of, len(sizes)) \
+            if self.group_of is not None and self.slots.quiesce_ns else None
+        if self.group_quiet is not None:
+            self.slots.busy = self.group_quiet.busy
         in_group = bytearray(1 if g >= 0 else 0 for g in group_of) if model.groups is not None else None
         self.sends = TrafficSchedule(model, plan.rate, self.keys, 0, in_group)
         self.body = frames.make_body(model.max_size)
@@ -393,7 +400,7 @@ class Worker:
         self.session_no[slot] = k + 1
         pause_ns = int(pause.sample(keyed.uniform(self.keys[slot], k, keyed.PAUSE)) * 1e9)
         conn = self.slots.conns[slot]
-        if conn.transport is not None and self.slots.begin_close(slot, now_ns, pause_ns):
+        if conn.transport is not None and self._begin_close(slot, now_ns, pause_ns):
             self._send_close(conn)
 
     def group_name(self, group: int) -> str:
@@ -407,8 +414,8 @@ class Worker:
         if values is not None:
             return base + self.proto.path.render(values).decode()
         url = base + self.uid_prefix + str(slot)
-        if self.group_of is not None and self.group_of[slot] >= 0:
-            url += "&groups=" + self.group_name(self.group_of[slot])  # joined at login
+        if self.group_of is not None and self.group_of[slot] >= 0 and self.group_quiet is None:
+            url += "&groups=" + self.group_name(self.group_of[slot])  # joined at login (else: GroupQuiet)
         return url
 
     def local_ip(self, slot: int):
@@ -476,6 +483,8 @@ class Worker:
                     self.pairs.record(slot, us)
             if kind == frames.MSG and self.pending_in is not None and slot >= 0 and self.pending_in[slot]:
                 self.pending_in[slot] -= 1
+            elif kind == frames.GMSG and self.group_quiet is not None and slot >= 0:
+                self.group_quiet.delivered(slot)
         elif kind == frames.ACK:
             iv.msgs_acked += 1
             mid = frames.int_field(payload, b'"id":')
@@ -487,10 +496,18 @@ class Worker:
                     by_type[t][1] += n
                     self.totals_owed += n
                     self.group_unanswered -= 1
+                    if self.group_quiet is not None and slot >= 0:
+                        self.group_quiet.acked(slot, n)
                 elif self.pending_out is not None and slot >= 0 and self.pending_out[slot]:
                     self.pending_out[slot] -= 1
         elif kind == frames.PONG:
             iv.pongs += 1
+        elif kind == frames.JOINED:
+            if self.group_quiet is not None and slot >= 0:
+                self.group_quiet.joined(slot)
+        elif kind == frames.LEFT:
+            if self.group_quiet is not None and slot >= 0:
+                self.group_quiet.left(slot)
         elif kind == frames.ERROR:
             iv.msgs_errors += 1
             self.totals_errors += 1
@@ -502,6 +519,8 @@ class Worker:
                     by_type[t][1] += 1
                     self.totals_owed += 1
                     self.group_unanswered -= 1
+                    if self.group_quiet is not None and slot >= 0:
+                        self.group_quiet.refused(slot)
                     return kind
             pending_in, pending_out = self.pending_in, self.pending_out
             if pending_out is not None and slot >= 0:  # a refused send: to the partner, not received
@@ -517,6 +536,8 @@ class Worker:
         outcome = self.slots.ended(conn.slot, conn, now)
         if outcome is None:  # not the slot's current connection (already accounted for)
             return
+        if self.group_quiet is not None:
+            self.group_quiet.ended(conn.slot)
         iv = self.iv
         iv.session.record((now - conn.established_ns) // 1000)
         if outcome == "closed" or outcome == "churned":
@@ -574,6 +595,8 @@ class Worker:
                 self.iv.login.record((now - upgraded) // 1000)
         conn.established_ns = now
         self.slots.opened(slot, conn)
+        if self.group_quiet is not None:
+            self.group_quiet.opened(slot)
         if self.model is not None and self.churn is not None:
             self.session_began(slot, conn, now)
         self.iv.connects_ok += 1
@@ -592,10 +615,23 @@ class Worker:
         --close-quiesce; then the close handshake: messages already on their way arrive before the
         gateway's close reply."""
         conn = self.slots.conns[slot]
-        if conn is not None and conn.transport is not None and self.slots.begin_close(slot, now_ns):
+        if conn is not None and conn.transport is not None and self._begin_close(slot, now_ns):
             self._send_close(conn)
 
+    def _begin_close(self, slot: int, now_ns: int, churn_pause_ns: int | None = None) -> bool:
+        """Slots.begin_close; a group member's close first quiets its group (loadgen.agent.groupquiet)."""
+        if self.group_quiet is not None and self.slots.sendable(slot):
+            self.group_quiet.begin(slot)
+        return self.slots.begin_close(slot, now_ns, churn_pause_ns)
+
     def end_quiet_periods(self, now_ns: int) -> None:
+        gq = self.group_quiet
+        if gq is not None and gq.waiting:  # members join or leave once their group is quiet and idle
+            conns = self.slots.conns
+            for slot, what in gq.to_send():
+                group = self.group_name(self.group_of[slot]).encode()
+                frame = frames.join_frame(group) if what == JOIN else frames.leave_frame(group)
+                conns[slot].transport.send(WSMsgType.TEXT, frame)
         for conn in self.slots.quiet_periods_over(now_ns):
             self._send_close(conn)
 
@@ -672,7 +708,7 @@ class Worker:
         slots = self.slots
         iv, state, conns, body, peer_of = self.iv, slots.state, slots.conns, self.body, slots.peer_of
         quiescing, pending_in, pending_out = slots.quiescing, self.pending_in, self.pending_out
-        by_type, to_group, group_of = iv.by_type, self.type_to_group, self.group_of
+        by_type, to_group, group_of, group_quiet = iv.by_type, self.type_to_group, self.group_of, self.group_quiet
         for slot, scheduled, kind, size in self.sends.due(now_ns):
             if state[slot] != OPEN:
                 iv.msgs_send_failed += 1  # the user is supposed to be connected and sending
@@ -683,6 +719,11 @@ class Worker:
             mid = self.seq << TYPE_BITS | kind
             c = by_type[kind]
             if to_group[kind]:
+                if group_quiet is not None:
+                    if group_quiet.quiet(slot):
+                        iv.msgs_skipped += 1  # a member is leaving: nothing may be on its way to it
+                        continue
+                    group_quiet.sent(slot)
                 data = frames.gsend_frame(self.group_name(group_of[slot]).encode(), mid, scheduled, body[:size])
                 self.group_unanswered += 1
             else:

@@ -47,6 +47,10 @@ class Router(Protocol):
         """The session is closing: it leaves every group now (unregister does too)."""
         ...
 
+    def leave_counted(self, group: str, done) -> None:
+        """done() once a leave of `group` here is what every node sees (cluster mode: its count is in Redis)."""
+        ...
+
     def gsend(self, session: Session, group: str, frame: bytes, done) -> None:
         """Write the frame to every other member; done(n: the members it was addressed to, of which written here)."""
         ...
@@ -119,6 +123,9 @@ class LocalRouter:
 
     def leave_groups(self, session: Session) -> None:
         self.groups.leave_all(session)
+
+    def leave_counted(self, group: str, done) -> None:
+        done()
 
     def gsend(self, session: Session, group: str, frame: bytes, done) -> None:
         groups = self.groups

@@ -130,8 +130,8 @@ class SessionLogic:
         elif cmd.type == "join":
             self.gw.router.join(self, cmd.group,
                                lambda result: self.joined(cmd.group, result, protocol.joined_frame, cmd.id))
-        elif self.gw.router.leave(self, cmd.group):
-            self.push(protocol.left_frame(cmd.group))
+        elif self.gw.router.leave(self, cmd.group):  # answered once every node counts the leave
+            self.gw.router.leave_counted(cmd.group, lambda group=cmd.group: self.push(protocol.left_frame(group)))
         else:
             self.not_member(cmd)
 

@@ -30,12 +30,13 @@ class GroupDirectory:
         self.max_pending = max_pending
         self.dirty: set[str] = set()  # groups whose count here changed since the last write
         self.written: set[str] = set()  # groups where our field exists (released at stop)
-        self._reads: dict[str, list] = {}  # group -> callbacks waiting for its counts
+        self._reads: dict[str, list] = {}  # group -> callbacks waiting for its counts (for the next pipeline)
+        self._reading = 0  # reads in the pipeline under way
         self._wake = asyncio.Event()
 
     @property
     def reads_pending(self) -> int:
-        return len(self._reads)
+        return len(self._reads) + self._reading
 
     def changed(self, group: str) -> None:
         self.dirty.add(group)
@@ -65,7 +66,10 @@ class GroupDirectory:
             self._wake.clear()
             while self.dirty or self._reads:
                 writes = [self.dirty.pop() for _ in range(min(BATCH, len(self.dirty)))]
-                reads = list(self._reads)[:BATCH]
+                # taken now: a read asked for while this pipeline is under way waits for the next one, which
+                # carries the writes made meanwhile (a join's or leave's answer must include its own write)
+                reads = {g: self._reads.pop(g) for g in list(self._reads)[:BATCH]}
+                self._reading = len(reads)
                 counts = {g: self.local_count(g) for g in writes}
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
@@ -78,18 +82,20 @@ class GroupDirectory:
                             pipe.hgetall(KEY_PREFIX + group)
                         results = await asyncio.wait_for(pipe.execute(), self.timeout_s)
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    self._reading = 0
                     self.on_error(exc)
                     self.dirty.update(writes)  # written again once Redis answers
-                    for group in reads:
-                        for cb in self._reads.pop(group, ()):
+                    for callbacks in reads.values():
+                        for cb in callbacks:
                             cb(None, exc)
                     await asyncio.sleep(RETRY_S)
                     continue
                 for group, n in counts.items():
                     (self.written.add if n else self.written.discard)(group)
-                for group, fields in zip(reads, results[len(counts):]):
+                self._reading = 0
+                for (group, callbacks), fields in zip(reads.items(), results[len(counts):]):
                     found = {node: int(v) for node, v in fields.items()}
-                    for cb in self._reads.pop(group, ()):
+                    for cb in callbacks:
                         cb(found, None)
 
     async def release(self) -> None:

@@ -200,6 +200,13 @@ class ClusterRouter(LocalRouter):
         for group in self.groups.leave_all(session):
             self.directory.changed(group)
 
+    def leave_counted(self, group: str, done) -> None:
+        """After the next pipeline, which carries the leave's count (a read shares it with pending writes): a
+        group message any node accepts from then on no longer counts the member who left. A Redis failure
+        answers too (the count is written again once Redis is back)."""
+        if not self.directory.read(group, lambda counts, error: done()):
+            done()
+
     def gsend(self, session: Session, group: str, frame: bytes, done) -> None:
         """Local members at once; then one record per other live node with members (never one per member),
         each fanned out there. done(n, written here) once the brokers answered for every record: n counts the
