@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -111,9 +112,10 @@ def etcd_nodes(cfg: LabConfig) -> list[str]:
     return sorted(k[len("/loadgen/gateways/"):] for k in r.stdout.split())
 
 
-def fab_cluster_test(cfg: LabConfig, reports: Path, stages: list[str], rate: float = 2.0, **popen):
+def fab_cluster_test(cfg: LabConfig, reports: Path, stages: list[str], rate: float = 2.0, extra=(), **popen):
     token = lab_token(cfg)
     args = [_tool("fab"), "-r", str(REPO), "cluster-test", "-i", str(cfg.inventory_dir), "--scenario", "cluster",
+            *extra,
             "--reports-dir", str(reports), "--rate", str(rate), "--probe-interval", "2",
             # latency and success rate are measured and reported; their verdict belongs to the hardware (here:
             # 7 containers, 3 JVM brokers on 2 shared cores), routing correctness and the accounting to these tests
@@ -230,6 +232,70 @@ def test_fab_cluster_run_every_message_crosses_nodes_with_per_node_latency(lab, 
     assert (after / "etcd-health.txt").read_text().count("is healthy") == 3
     assert "ReplicationFactor: 3" in (after / "kafka-topics.txt").read_text()
     assert any("connected_slaves:2" in p.read_text() for p in run_dir.glob("probes/infra*/after/redis-info.txt"))
+
+
+# Redis: how many groups have members on both gateway nodes now (their hashes im:group:<g> of node -> count)
+GROUPS_ON_BOTH_NODES = ("local n = 0 for _, k in ipairs(redis.call('KEYS', 'im:group:*')) do "
+                        "if redis.call('HEXISTS', k, 'gw1') == 1 and redis.call('HEXISTS', k, 'gw2') == 1 "
+                        "then n = n + 1 end end return n")
+
+
+@pytest.mark.timeout(900)
+def test_chat_mix_across_both_nodes_groups_span_them_and_every_delivery_is_accounted(lab, tmp_path):
+    """The cluster scenario as users run it (`fab cluster-test`), with the chat-mix model across the two lab
+    gateways: users on both nodes, groups with members on both (Redis counts them per node during the run), and
+    per message type sent x recipients = delivered + counted errors, nothing lost, group messages fanned out to
+    several members, some of them through the other node (Kafka records, one per node and message)."""
+    before = {gw: metrics(gw) for gw in GATEWAYS}
+    # below the lab default's load (1,000 users x 0.25 msg/s): a loaded 2-core machine runs it
+    proc = fab_cluster_test(lab, tmp_path / "reports", ["5s:400", "40s:400", "3s:0"], rate=0.25,
+                            extra=["--traffic", "chat-mix", "--seed", "15"])
+    spanning = []
+    try:
+        def groups_spanning_nodes() -> bool:
+            out = redis_cli(lab, "EVAL", shlex.quote(GROUPS_ON_BOTH_NODES), "0")
+            spanning.append(int(out) if out.isdigit() else 0)
+            return spanning[-1] > 0
+
+        # fab's preflight and snapshots come first (a minute or more on a busy lab), then the ramp-up
+        wait_for(groups_spanning_nodes, 300, "a group with members on both gateway nodes in Redis")
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    assert proc.returncode == 0, out[-4000:]
+    run_dir = only_run(tmp_path / "reports")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads((run_dir / "plan.json").read_text())["traffic"]["name"] == "chat-mix"
+    nodes = summary["distribution"]["nodes"]
+    assert set(nodes) == {"gw1", "gw2"} and all(v > 0 for v in nodes.values()), summary["distribution"]
+    by_type = summary["by_type"]
+    assert set(by_type) == {"text", "typing", "receipt", "group"}, list(by_type)
+    for name, f in by_type.items():  # sent x recipients (owed) = delivered + counted errors, nothing lost
+        assert f["sent"] > 0 and f["owed"] == f["received"] + f["errors"] and f["lost"] == 0, (name, f)
+    group = by_type["group"]
+    assert group["acked"] + group["errors"] == group["sent"] and group["fan_out"] > 1, group
+    msgs = summary["messages"]
+    assert msgs["lost"] == 0 and sum(f["received"] for f in by_type.values()) == msgs["received"], msgs
+    delta = {}
+    for gw in GATEWAYS:
+        after = metrics(gw)
+        delta[gw] = {k: after.get(k, 0) - before[gw].get(k, 0) for k in after if k.startswith("im_gateway_group")
+                     or "remote_group_member_gone" in k}
+    # every group message went to the other node too (one Kafka record each), and was fanned out there
+    for gw, d in delta.items():
+        assert d[f'im_gateway_group_records_total{{node="{gw}",direction="received"}}'] > 0, delta
+        assert d[f'im_gateway_group_deliveries_total{{node="{gw}",route="remote"}}'] > 0, delta
+        assert d.get(f'im_gateway_errors_total{{node="{gw}",kind="remote_group_member_gone"}}', 0) == 0, delta
+    # the gateways' side of the same accounting: every gmsg they wrote is one the agents received
+    written = sum(v for d in delta.values() for k, v in d.items() if k.startswith("im_gateway_group_deliveries_total"))
+    assert written == group["received"], (delta, group)
+    cross = sum(d[f'im_gateway_group_deliveries_total{{node="{gw}",route="remote"}}'] for gw, d in delta.items())
+    print(f"\nlab chat-mix: {sum(nodes.values())} users over {nodes}, groups on both nodes (Redis, max seen) "
+          f"{max(spanning)}; per type sent/owed/received/errors/lost: "
+          + ", ".join(f"{n} {f['sent']}/{f['owed']}/{f['received']}/{f['errors']}/{f['lost']}" for n, f in by_type.items())
+          + f"; group fan-out {group['fan_out']:.2f}, cross-node group deliveries {cross:g}", file=sys.stderr)
 
 
 def lab_defaults(cfg: LabConfig) -> dict:
