@@ -25,7 +25,10 @@ from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
 from loadgen.fleet.preflight import check_fleet, describe_clock
-from loadgen.fleet.shell import detached, loadgen_command, pack_outputs, status_and_liveness, terminate, wait_listening
+from loadgen.fleet import timings
+from loadgen.fleet.shell import (detached, dispatch, kill_now, loadgen_command, tar_outputs, terminate,
+                                 wait_listening, watch_loop)
+from loadgen.fleet.watchstream import Watch
 from loadgen.host import read_token_file
 from loadgen.plan.addresses import parse_local_ips
 from loadgen.plan.abort import DEFAULT_GRACE_S, parse_abort, parse_grace
@@ -37,7 +40,10 @@ from loadgen.results import live
 from loadgen.results.junit import check_path, write_junit
 from loadgen.results.verdict import EXIT_CODES
 
-POLL_S = 2.0
+POLL_S = 1.0  # the watch reads the streams' latest lines from memory: no round trip per poll
+LOG_S = 2.0  # a progress line this often
+DEADLINE_S = 90.0  # after the stages' end, the remaining agents are stopped
+COLLECT_TIMEOUT_S = 120.0  # one host's outputs: a hung host ends its stream, not the run
 ABORT_RAMP_DOWN_S = 5.0  # --abort-on: every agent closes its users within this long
 
 
@@ -193,7 +199,9 @@ class ClusterTest:
         self.agent_state: dict[str, str] = {}
         self.facts: dict = {"controller_started_at": time.time(), "agents": {}, "gateways": {}, "unreachable": []}
         self.samples = None
-        self.heartbeat: Heartbeat | None = None
+        self.heartbeat: Heartbeat | None = None  # fab-managed gateways' deadman files (agents': their watch streams)
+        self.watching = Watch()
+        self.timings = timings.Timings()
         self.deltas = probes.SampleDeltas()
         self.controller: Controller | None = None  # set once the agents are started
         self.ends_at: float | None = None  # when the agents' stages end: the plan's, moved by control messages
@@ -316,22 +324,25 @@ class ClusterTest:
         os.makedirs(os.path.join(self.run_dir, "plans"), exist_ok=True)
 
         def one(host: Host):
+            # one round trip: the token (first line, a protocol profile without {token} needs none) and the
+            # plan on stdin, the agent started detached; then its watch stream, which touches its heartbeat
             wd = workdir(host, self.plan.run_id)
-            if self.token:  # a protocol profile without {token} needs none
-                host.put_secret(self.token, f"{wd}/token")
             plan = self.agent_plans[host.name].replace(start_at=start_at)
             text = json.dumps(plan.to_dict(), indent=2)
             with open(os.path.join(self.run_dir, "plans", f"{host.name}.json"), "w") as f:
                 f.write(text)
-            host.put_text(text, f"{wd}/plan.json")
             token = " --token-file token" if self.token else ""
-            cmd = detached(wd, f"{loadgen_command(host)} run --plan plan.json --out out{token} --quiet",
-                           "agent", before="touch heartbeat")
+            cmd = dispatch(wd, f"{loadgen_command(host)} run --plan plan.json --out out{token} --quiet",
+                           "agent", token=bool(self.token))
             host.vars["_agent_pidfile"], host.vars["_agent_status"] = f"{wd}/agent.pid", f"{wd}/out/status.json"  # for samples
-            self.heartbeat.add(host.name, f"{wd}/heartbeat")
-            return host.run(cmd, timeout=30)
+            r = host.run(cmd, timeout=30, input=(self.token + "\n" if self.token else "") + text)
+            if r.ok:
+                self.watching.open(host, lambda: watch_loop(wd, [f"{wd}/heartbeat"], self._stream_bound()))
+            return r
 
+        self.timings.mark("dispatch_started")
         results = parallel(self._subset(self.live_generators), one)
+        self.timings.mark("agents_launched")
         for name, r in results.items():
             ok = getattr(r, "ok", False)
             self.agent_state[name] = "starting" if ok else "unreachable"
@@ -344,6 +355,7 @@ class ClusterTest:
             raise LoadgenError(f"only {len(launched)} agents launched; --min-generators is {self.plan.min_generators}")
         self.controller = Controller(self.hosts, self.plan.generators, lambda h: f"{workdir(h, self.plan.run_id)}/out")
         self.ends_at = start_at + self.plan.total_s
+        self.timings.start_lead(start_at)
         log(f"{len(launched)} agents start at {time.strftime('%H:%M:%S', time.localtime(start_at))} "
             f"(in {start_at - time.time():.1f}s), {self.plan.peak_connections:,} connections, "
             f"{self.plan.total_s:.0f}s of stages")
@@ -376,32 +388,31 @@ class ClusterTest:
                 log(f"could not write the agents' Prometheus targets on {name}: {str(r)[:200]}")
         self._published = running
 
-    def poll(self) -> dict:
-        def one(host: Host):
-            return host.run(status_and_liveness(workdir(host, self.plan.run_id)), timeout=10)
+    def _stream_bound(self) -> float:
+        """How long a watch stream may run by itself: past the watch's deadline (reopened if the run goes on)."""
+        return max(60.0, (self.ends_at or time.time()) + DEADLINE_S + 30 - time.time())
 
-        watching = {n: h for n, h in self._subset(self.agent_state).items()
-                    if self.agent_state[n] not in ("done", "dead")}
-        statuses = {}
-        for name, r in parallel(watching, one).items():
-            if not getattr(r, "ok", False):
-                self.facts["agents"][name].setdefault("poll_failures", 0)
-                self.facts["agents"][name]["poll_failures"] += 1
-                continue
-            lines = r.stdout.strip().splitlines()
-            try:
-                status = json.loads(lines[0]) if lines else {}
-            except ValueError:
-                status = {}
-            alive = lines[-1].strip() == "ALIVE" if lines else False
+    def poll(self) -> dict:
+        """The agents' latest statuses from their watch streams (no round trip); frozen and unresponsive agents
+        are killed and recorded dead."""
+        watching = [n for n in self.agent_state if self.agent_state[n] not in ("done", "dead", "unreachable")]
+        statuses, stuck = {}, {}
+        for name, (state, why, status) in self.watching.check(watching).items():
             statuses[name] = status
-            if status.get("state") == "done" and not alive:
-                self.agent_state[name] = "done"
-            elif not alive:
-                self.agent_state[name] = "dead"
-                log(f"agent on {name} died (last status: {status.get('state', 'none')})")
-            else:
-                self.agent_state[name] = status.get("state", "starting")
+            if state in ("frozen", "unresponsive"):
+                stuck[name] = why
+                state = "dead"
+            elif state == "dead":
+                log(f"agent on {name} died ({why})")
+                self.facts["agents"][name]["error"] = why
+            self.agent_state[name] = state
+            if state in ("done", "dead"):
+                self.watching.close([name])
+        if stuck:
+            for name, why in stuck.items():
+                log(f"agent on {name} {why}: killing it")
+                self.facts["agents"][name]["error"] = why
+            self.kill_agents(list(stuck))
         return statuses
 
     def control(self, **message) -> dict:
@@ -426,11 +437,11 @@ class ClusterTest:
     def watch(self) -> None:
         abort = live.AbortWatch(self.plan.abort_rules, self.plan.abort_grace_s, self.plan.start_at)
         interval = self.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
-        next_sample = 0.0
+        next_sample = next_log = 0.0
         last = {}
         while True:
             now = time.time()
-            deadline = self.ends_at + 90
+            deadline = self.ends_at + DEADLINE_S
             if now >= next_sample:
                 self.sample()
                 next_sample = now + interval
@@ -443,8 +454,10 @@ class ClusterTest:
             errors = sum(s.get("errors", 0) + s.get("connect_failed", 0) for s in last.values())
             p99 = max((s.get("p99_ms") or 0 for s in last.values()), default=0)
             elapsed = now - self.plan.start_at
-            log(f"t{elapsed:+.0f}s/{self.plan.total_s:.0f}s agents running {len(running)}/{len(self.agent_state)} | "
-                f"conns {active:,} | sent {sent:,} recv {recv:,} | errors {errors:,} | worst agent p99 {p99:.1f}ms")
+            if now >= next_log or not running:
+                next_log = now + LOG_S
+                log(f"t{elapsed:+.0f}s/{self.plan.total_s:.0f}s agents running {len(running)}/{len(self.agent_state)} | "
+                    f"conns {active:,} | sent {sent:,} recv {recv:,} | errors {errors:,} | worst agent p99 {p99:.1f}ms")
             if not running:
                 return
             # --abort-on: the fleet's window, from every agent's cumulative counters and buckets (summed)
@@ -478,23 +491,33 @@ class ClusterTest:
 
         parallel(self._subset(names if names is not None else self.agent_state), one)
 
+    def kill_agents(self, names) -> None:
+        """SIGKILL agents (and their sessions) at once: frozen or unresponsive ones (a stopped process never
+        handles SIGTERM). An unreachable host times out; its agent's deadman stops it."""
+        def one(host: Host):
+            return host.run(kill_now(f"{workdir(host, self.plan.run_id)}/agent.pid"), timeout=10)
+
+        for name, r in parallel(self._subset(names), one).items():
+            if not getattr(r, "ok", False):
+                log(f"could not kill the agent on {name}: {getattr(r, 'stderr', r)!s:.200}")
+
     def collect(self) -> None:
         def one(host: Host):
-            wd = workdir(host, self.plan.run_id)
-            r = host.run(pack_outputs(wd), timeout=120)
-            if not r.ok:
-                raise LoadgenError(r.stderr.strip()[:200] or "nothing to collect")
+            # one exec per host: a tar stream, extracted as it arrives (no file on the host, no SFTP)
             dest = os.path.join(self.run_dir, "agents", host.name)
             os.makedirs(dest, exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                local = os.path.join(tmp, "collect.tgz")
-                host.get(f"{wd}/collect.tgz", local)
-                with tarfile.open(local) as tar:
-                    tar.extractall(tmp, filter="data")
+            names = 0
+            with host.stream(tar_outputs(workdir(host, self.plan.run_id)), timeout=COLLECT_TIMEOUT_S) as stream, \
+                    tempfile.TemporaryDirectory(dir=dest) as tmp:
+                with tarfile.open(fileobj=stream.stdout, mode="r|gz") as tar:
+                    for member in tar:
+                        tar.extract(member, tmp, filter="data")
+                        names += member.isfile()
                 for root, _, files in os.walk(tmp):
                     for f in files:
-                        if f != "collect.tgz":
-                            os.replace(os.path.join(root, f), os.path.join(dest, f))
+                        os.replace(os.path.join(root, f), os.path.join(dest, f))
+            if not names:
+                raise LoadgenError("nothing to collect")
             return True
 
         for name, r in parallel(self._subset(self.agent_state), one).items():
@@ -521,16 +544,23 @@ class ClusterTest:
             self.start_agents()
             self._write_plan()  # again, now with the common start time
             self.publish_targets(running=True)
+            self.timings.watch_begins()
             try:
                 self.drive()
             except KeyboardInterrupt:
                 interrupted = "interrupted (Ctrl-C)"
                 log("interrupted: stopping agents, collecting what they measured")
                 self.stop_agents()
+                time.sleep(POLL_S + 1)  # the streams' next lines say GONE
                 self.poll()
+            self.timings.watch_ends(len(self.watching.streams), self.watching.lines())
+            self.watching.close()
+            t = time.time()
             self.collect()
+            self.timings.took("collect_s", t)
             self.snapshot("after")
         finally:
+            self.watching.close()
             self.publish_targets(running=False)
             if self.heartbeat is not None:
                 self.heartbeat.stop()
@@ -543,6 +573,7 @@ class ClusterTest:
                 self.facts["agents"][name]["state"] = state
             self.facts["controller_ended_at"] = time.time()
             self.facts["stopped_by"] = interrupted
+            self.facts["timings"] = self.timings.figures
             if os.path.isdir(self.run_dir):
                 self._write_json("run.json", self.facts)
         return self.report()
@@ -550,7 +581,13 @@ class ClusterTest:
     def report(self) -> int:
         from loadgen.report import build_report, format_verdict
 
+        t = time.time()
         summary = build_report(self.run_dir)
+        self.timings.took("report_s", t)
+        self.timings.figures.update(timings.skew_figures(timings.agent_skews(self.run_dir)))
+        self.facts["timings"] = self.timings.figures
+        self._write_json("run.json", self.facts)  # again, with the report's own time
+        log(self.timings.line())
         if self.opts.junit:
             write_junit(summary, self.opts.junit, f"fab cluster-test {self.plan.scenario}")
         print(format_verdict(summary), flush=True)  # the same lines as `fab report`: verdict, what failed, the page

@@ -1,7 +1,9 @@
 """A host we can run commands on and copy files from: LocalHost (this machine) or SSHHost (Fabric).
 
-Both offer the same three operations, so starting, watching, collecting and probing is one code
-path whatever the inventory says. Every call has a timeout: a hung host never blocks a run.
+Both offer the same operations, so starting, watching, collecting and probing is one code path whatever
+the inventory says: `run` (a command, optionally fed text on its stdin), `stream` (a long-lived command whose
+stdout is read as it comes: the watch stream, the collection tar), `get`, `put_text`. Every call has a timeout:
+a hung host never blocks a run.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,12 +26,45 @@ class Result:
     exit: int = 0
 
 
+class Stream:
+    """A running command's stdout as a binary file (`.stdout`); `close()` ends it (the remote command sees its
+    pipe closed). With a timeout, a watchdog closes it after that long, so a read never blocks for ever."""
+
+    def __init__(self, stdout, closer, timeout: float | None = None) -> None:
+        self.stdout, self._closer = stdout, closer
+        self._timer = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self.close)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self._closer()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Host:
     name: str
     address: str
     vars: dict
 
-    def run(self, command: str, timeout: float = 30.0) -> Result:
+    def run(self, command: str, timeout: float = 30.0, input: str | None = None) -> Result:
+        """Run a shell command; `input` is fed to its stdin (then EOF): secrets travel this way, never as an
+        argument."""
+        raise NotImplementedError
+
+    def stream(self, command: str, timeout: float | None = None) -> Stream:
+        """Start a command and return its stdout to read as it comes (stderr discarded)."""
         raise NotImplementedError
 
     def get(self, remote: str, local: str, timeout: float = 120.0) -> None:
@@ -50,13 +87,28 @@ class LocalHost(Host):
         self.name, self.vars = name, hostvars
         self.address = hostvars.get("ansible_host", "127.0.0.1")
 
-    def run(self, command: str, timeout: float = 30.0) -> Result:
+    def run(self, command: str, timeout: float = 30.0, input: str | None = None) -> Result:
         try:
             p = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL)
+                               **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}))
         except subprocess.TimeoutExpired:
             return Result(False, "", f"timed out after {timeout:g}s", -1)
         return Result(p.returncode == 0, p.stdout, p.stderr, p.returncode)
+
+    def stream(self, command: str, timeout: float | None = None) -> Stream:
+        # its own process group: closing kills the shell and its children (a `sleep` would hold the pipe open)
+        proc = subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def close() -> None:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the group of our own child, by its PID
+                except ProcessLookupError:
+                    pass
+            proc.wait(10)
+
+        return Stream(proc.stdout, close, timeout)
 
     def get(self, remote: str, local: str, timeout: float = 120.0) -> None:
         shutil.copyfile(remote, local)
@@ -107,12 +159,23 @@ class SSHHost(Host):
         if known and os.path.exists(os.path.expanduser(known)):
             client.load_host_keys(os.path.expanduser(known))
 
-    def run(self, command: str, timeout: float = 30.0) -> Result:
+    def run(self, command: str, timeout: float = 30.0, input: str | None = None) -> Result:
+        import io
+
         try:
-            r = self.conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+            r = self.conn.run(command, hide=True, warn=True, timeout=timeout,
+                              in_stream=io.StringIO(input) if input is not None else False)
         except Exception as exc:  # unreachable, auth, host key, timeout: a result, not a crash
             return Result(False, "", f"{type(exc).__name__}: {exc}".splitlines()[0], -1)
         return Result(r.ok, r.stdout, r.stderr, r.exited)
+
+    def stream(self, command: str, timeout: float | None = None) -> Stream:
+        # a channel on the host's one connection: no new SSH handshake per stream
+        self.conn.open()
+        chan = self.conn.client.get_transport().open_session(timeout=30)
+        chan.exec_command(command)
+        chan.shutdown_write()
+        return Stream(chan.makefile("rb"), chan.close, timeout)
 
     def get(self, remote: str, local: str, timeout: float = 120.0) -> None:
         self.conn.get(remote, local)
@@ -141,7 +204,10 @@ def open_hosts(inventory, names: list[str], connect_timeout: float = 10.0) -> di
                 else SSHHost(n, inventory.hostvars[n], connect_timeout)) for n in names}
 
 
-def parallel(hosts: dict[str, Host], fn, max_workers: int = 32) -> dict:
+MAX_WORKERS = 256  # one thread per host up to here: a fleet's round trips overlap, not queue
+
+
+def parallel(hosts: dict[str, Host], fn, max_workers: int = MAX_WORKERS) -> dict:
     """fn(host) on every host at once; an exception becomes that host's result, never the run's end."""
     if not hosts:
         return {}

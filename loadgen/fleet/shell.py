@@ -44,12 +44,37 @@ def wait_listening(addr: str, port: int, pidfile: str, logfile: str, wait_s: flo
             f"tail -3 {shlex.quote(logfile)}; exit 1")
 
 
-def status_and_liveness(wd: str) -> str:
-    """Shell: the agent's status.json (or {}), a newline, then ALIVE or GONE for the PID in agent.pid."""
-    return (f"cd {shlex.quote(wd)} && (cat out/status.json 2>/dev/null || echo '{{}}') && echo && "
-            f"(kill -0 $(cat agent.pid) 2>/dev/null && echo ALIVE || echo GONE)")
+def dispatch(wd: str, command: str, name: str, token: bool) -> str:
+    """Shell: one round trip that receives its inputs on stdin and starts `command` detached (see `detached`).
+
+    stdin: with `token`, the token on the first line (written to a mode-600 `token` by shell builtins: it is
+    never an argument of any process), then the plan's text to EOF (`plan.json`)."""
+    q = shlex.quote(wd)
+    secret = "IFS= read -r T && (umask 077 && printf '%s' \"$T\" > token) && unset T && " if token else ""
+    return f"mkdir -p {q} && cd {q} && {secret}cat > plan.json && " + detached(wd, command, name, before="touch heartbeat")
 
 
-def pack_outputs(wd: str) -> str:
-    """Shell: the agent's outputs and log as collect.tgz in its work dir."""
-    return f"cd {shlex.quote(wd)} && tar czf collect.tgz out agent.log 2>/dev/null; ls collect.tgz"
+def watch_loop(wd: str, touch: list[str], bound_s: float) -> str:
+    """Shell: the watch stream of one agent, for at most bound_s. Every second: touch the heartbeat files (the
+    deadman's: when the controller goes, the pipe closes, printf fails and the loop ends, so the touching
+    stops), then print one line `ALIVE|GONE AGE STATUS`: the agent's liveness (PID in agent.pid), the age in
+    seconds of out/status.json by this host's clock (`-` when absent) and its content (`{}` when absent)."""
+    files = " ".join(shlex.quote(p) for p in touch)
+    return (f"cd {shlex.quote(wd)} || exit 1; end=$(( $(date +%s) + {int(bound_s)} )); "
+            f"while now=$(date +%s); [ $now -lt $end ]; do touch {files} 2>/dev/null; "
+            f"if kill -0 $(cat agent.pid 2>/dev/null) 2>/dev/null; then a=ALIVE; else a=GONE; fi; "
+            f"m=$(stat -c %Y out/status.json 2>/dev/null) && age=$(( now - m )) || age=-; "
+            f"s=$(cat out/status.json 2>/dev/null); [ -n \"$s\" ] || s='{{}}'; "
+            f"printf '%s %s %s\\n' $a $age \"$s\" || exit 0; sleep 1; done")
+
+
+def kill_now(pidfile: str) -> str:
+    """Shell: SIGKILL the PID in pidfile and every process of its session (a frozen agent: SIGTERM would wait
+    for a SIGCONT that never comes). Exits 0 either way."""
+    return (f"P=$(cat {shlex.quote(pidfile)} 2>/dev/null) && kill -KILL $P 2>/dev/null; "
+            f"pkill -KILL -s $P 2>/dev/null; exit 0")
+
+
+def tar_outputs(wd: str) -> str:
+    """Shell: the agent's outputs and log as a gzipped tar on stdout (no file left on the host)."""
+    return f"cd {shlex.quote(wd)} && tar cz out agent.log 2>/dev/null"
