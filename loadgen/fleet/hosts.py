@@ -160,14 +160,29 @@ class SSHHost(Host):
             client.load_host_keys(os.path.expanduser(known))
 
     def run(self, command: str, timeout: float = 30.0, input: str | None = None) -> Result:
-        import io
-
         try:
-            r = self.conn.run(command, hide=True, warn=True, timeout=timeout,
-                              in_stream=io.StringIO(input) if input is not None else False)
+            if input is not None:
+                return self._run_with_input(command, timeout, input)
+            r = self.conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
         except Exception as exc:  # unreachable, auth, host key, timeout: a result, not a crash
             return Result(False, "", f"{type(exc).__name__}: {exc}".splitlines()[0], -1)
         return Result(r.ok, r.stdout, r.stderr, r.exited)
+
+    def _run_with_input(self, command: str, timeout: float, input: str) -> Result:
+        # a plain channel: Fabric's in_stream feeds stdin a character at a time (a plan takes minutes)
+        self.conn.open()
+        chan = self.conn.client.get_transport().open_session(timeout=timeout)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            chan.sendall(input.encode())
+            chan.shutdown_write()
+            out = chan.makefile("rb").read().decode(errors="replace")
+            err = chan.makefile_stderr("rb").read().decode(errors="replace")
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return Result(code == 0, out, err, code)
 
     def stream(self, command: str, timeout: float | None = None) -> Stream:
         # a channel on the host's one connection: no new SSH handshake per stream
