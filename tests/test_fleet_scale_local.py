@@ -208,7 +208,8 @@ def test_killed_and_frozen_agents_end_the_run_early_partial_with_the_others_coll
     (tmp_path / "token").chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
     fab = subprocess.Popen([FAB, "-r", ROOT, "cluster-test", "-i", inv, "--reports-dir", str(reports),
-                            "--token-file", str(tmp_path / "token")], stdout=subprocess.PIPE,
+                            "--token-file", str(tmp_path / "token"),  # latency is the machine's load, not our subject
+                            "--criterion", "message_p99_ms=off", "--criterion", "connect_p95_ms=off"], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env=env)
     procs.append(fab.pid)
     deadline = time.time() + 90
