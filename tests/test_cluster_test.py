@@ -187,7 +187,8 @@ def test_unreachable_generator_stops_before_load_unless_min_generators_allows(tm
     assert r.returncode == 1
     assert "only 2 of 3 generators reachable (gen3 down)" in r.stderr and "no load was started" in r.stderr
     assert not os.path.exists(os.path.join(only_run(reports), "agents"))
-    r = fab("cluster-test", "-i", inv, "--reports-dir", str(tmp_path / "r2"), "--min-generators", "2")
+    r = fab("cluster-test", "-i", inv, "--reports-dir", str(tmp_path / "r2"), "--min-generators", "2",
+            "--criterion", "message_p99_ms=off")  # a busy machine's latency would make it FAIL, not PARTIAL
     assert r.returncode == 1, r.stdout[-2000:]  # PARTIAL: it ran, but not on every host
     summary = json.load(open(os.path.join(only_run(tmp_path / "r2"), "summary.json")))
     assert summary["status"] == "PARTIAL" and summary["connections"]["established"] > 0

@@ -14,6 +14,7 @@ import secrets
 import shlex
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -439,37 +440,53 @@ class ClusterTest:
         interval = self.probe_interval or min(5.0, max(1.0, self.plan.total_s / 60))
         next_sample = next_log = 0.0
         last = {}
-        while True:
-            now = time.time()
-            deadline = self.ends_at + DEADLINE_S
-            if now >= next_sample:
-                self.sample()
-                next_sample = now + interval
-            statuses = self.poll()
-            last.update(statuses)
-            running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]
-            active = sum(s.get("active", 0) for s in last.values())
-            sent = sum(s.get("sent", 0) for s in last.values())
-            recv = sum(s.get("received", 0) for s in last.values())
-            errors = sum(s.get("errors", 0) + s.get("connect_failed", 0) for s in last.values())
-            p99 = max((s.get("p99_ms") or 0 for s in last.values()), default=0)
-            elapsed = now - self.plan.start_at
-            if now >= next_log or not running:
-                next_log = now + LOG_S
-                log(f"t{elapsed:+.0f}s/{self.plan.total_s:.0f}s agents running {len(running)}/{len(self.agent_state)} | "
-                    f"conns {active:,} | sent {sent:,} recv {recv:,} | errors {errors:,} | worst agent p99 {p99:.1f}ms")
-            if not running:
-                return
-            # --abort-on: the fleet's window, from every agent's cumulative counters and buckets (summed)
-            if "aborted" not in self.facts:
-                tripped = abort.feed(now, live.merge([s.get("live") for s in last.values()]))
-                if tripped:
-                    self.abort(tripped, now)
-            if now > deadline:
-                log("deadline passed: stopping the remaining agents")
-                self.stop_agents()
-                return
-            time.sleep(max(0.0, POLL_S - (time.time() - now)))
+        sampling = None  # probes sample in their own thread: a slow host's exec never delays the watch's rules
+        try:
+            while not self._watch_once(abort, last):
+                now = time.time()
+                if now >= next_sample and (sampling is None or not sampling.is_alive()):
+                    sampling = threading.Thread(target=self.sample, daemon=True, name="probe-samples")
+                    sampling.start()
+                    next_sample = now + interval
+                if now >= next_log:
+                    next_log = now + LOG_S
+                    self._log_progress(last)
+                time.sleep(max(0.0, POLL_S - (time.time() - now)))
+        finally:
+            if sampling is not None:
+                sampling.join(30)
+
+    def _watch_once(self, abort, last: dict) -> bool:
+        """One poll of the streams: the abort rules, the deadline; True when no agent runs any more."""
+        now = time.time()
+        deadline = self.ends_at + DEADLINE_S
+        statuses = self.poll()
+        last.update(statuses)
+        running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]
+        if not running:
+            self._log_progress(last)
+            return True
+        # --abort-on: the fleet's window, from every agent's cumulative counters and buckets (summed)
+        if "aborted" not in self.facts:
+            tripped = abort.feed(now, live.merge([s.get("live") for s in last.values()]))
+            if tripped:
+                self.abort(tripped, now)
+        if now > deadline:
+            log("deadline passed: stopping the remaining agents")
+            self.stop_agents()
+            return True
+        return False
+
+    def _log_progress(self, last: dict) -> None:
+        running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]
+        active = sum(s.get("active", 0) for s in last.values())
+        sent = sum(s.get("sent", 0) for s in last.values())
+        recv = sum(s.get("received", 0) for s in last.values())
+        errors = sum(s.get("errors", 0) + s.get("connect_failed", 0) for s in last.values())
+        p99 = max((s.get("p99_ms") or 0 for s in last.values()), default=0)
+        log(f"t{time.time() - self.plan.start_at:+.0f}s/{self.plan.total_s:.0f}s agents running "
+            f"{len(running)}/{len(self.agent_state)} | conns {active:,} | sent {sent:,} recv {recv:,} | "
+            f"errors {errors:,} | worst agent p99 {p99:.1f}ms")
 
     def abort(self, tripped: dict, now: float) -> None:
         """An --abort-on threshold tripped: every agent ramps down within ABORT_RAMP_DOWN_S through the control
