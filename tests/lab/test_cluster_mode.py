@@ -270,19 +270,24 @@ def test_chat_mix_across_both_nodes_groups_span_them_and_every_delivery_is_accou
     assert json.loads((run_dir / "plan.json").read_text())["traffic"]["name"] == "chat-mix"
     nodes = summary["distribution"]["nodes"]
     assert set(nodes) == {"gw1", "gw2"} and all(v > 0 for v in nodes.values()), summary["distribution"]
+    delta = {}
+    for gw in GATEWAYS:
+        after = metrics(gw)
+        delta[gw] = {k: after.get(k, 0) - before[gw].get(k, 0) for k in after if k.startswith("im_gateway_")}
+    # a Kafka produce or Redis read that timed out is refused (an error frame), or leaves the members it could
+    # not address out of the ack's n; Kafka may still deliver it (at least once): one delivery more than owed
+    # per failure the gateways counted (none in a healthy run)
+    failures = sum(v for d in delta.values() for k, v in d.items() if k.startswith("im_gateway_errors_total")
+                   and any(f'kind="{kind}"' in k for kind in ("kafka", "redis")))
     by_type = summary["by_type"]
     assert set(by_type) == {"text", "typing", "receipt", "group"}, list(by_type)
     for name, f in by_type.items():  # sent x recipients (owed) = delivered + counted errors, nothing lost
-        assert f["sent"] > 0 and f["owed"] == f["received"] + f["errors"] and f["lost"] == 0, (name, f)
+        assert f["sent"] > 0 and f["lost"] == 0, (name, f)
+        assert f["owed"] <= f["received"] + f["errors"] <= f["owed"] + failures, (name, f, failures)
     group = by_type["group"]
     assert group["acked"] + group["errors"] == group["sent"] and group["fan_out"] > 1, group
     msgs = summary["messages"]
     assert msgs["lost"] == 0 and sum(f["received"] for f in by_type.values()) == msgs["received"], msgs
-    delta = {}
-    for gw in GATEWAYS:
-        after = metrics(gw)
-        delta[gw] = {k: after.get(k, 0) - before[gw].get(k, 0) for k in after if k.startswith("im_gateway_group")
-                     or "remote_group_member_gone" in k}
     # every group message went to the other node too (one Kafka record each), and was fanned out there
     for gw, d in delta.items():
         assert d[f'im_gateway_group_records_total{{node="{gw}",direction="received"}}'] > 0, delta
@@ -295,7 +300,8 @@ def test_chat_mix_across_both_nodes_groups_span_them_and_every_delivery_is_accou
     print(f"\nlab chat-mix: {sum(nodes.values())} users over {nodes}, groups on both nodes (Redis, max seen) "
           f"{max(spanning)}; per type sent/owed/received/errors/lost: "
           + ", ".join(f"{n} {f['sent']}/{f['owed']}/{f['received']}/{f['errors']}/{f['lost']}" for n, f in by_type.items())
-          + f"; group fan-out {group['fan_out']:.2f}, cross-node group deliveries {cross:g}", file=sys.stderr)
+          + f"; group fan-out {group['fan_out']:.2f}, cross-node group deliveries {cross:g}, backend failures "
+          f"{failures:g}", file=sys.stderr)
 
 
 def lab_defaults(cfg: LabConfig) -> dict:
