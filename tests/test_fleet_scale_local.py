@@ -126,6 +126,31 @@ def test_watch_stream_lines_heartbeat_and_its_end(tmp_path):
     stream.close()
 
 
+def test_a_silent_stream_is_unresponsive_and_closing_it_ends_the_remote_command(tmp_path):
+    """A host that printed a line and then nothing (frozen host, lost network): unresponsive after SILENT_S,
+    whatever its last line said; closing the stream ends the command (its whole process group)."""
+    from loadgen.fleet.watchstream import Watch
+
+    pidfile = tmp_path / "sleep.pid"
+    watch = Watch()
+    watch.open(LocalHost("h", {}), lambda: f"printf 'ALIVE 0 {{\"state\": \"running\"}}\\n'; "
+                                            f"sleep 120 & echo $! > {pidfile}; wait")
+    t = time.time()
+    while watch.check(["h"])["h"][0] != "running" and time.time() - t < 20:
+        time.sleep(0.2)
+    assert watch.check(["h"])["h"] == ("running", None, {"state": "running"})
+    while watch.check(["h"])["h"][0] == "running" and time.time() - t < SILENT_S + 30:
+        time.sleep(0.5)
+    state, why, status = watch.check(["h"])["h"]
+    assert state == "unresponsive" and "no watch line" in why and time.time() - t >= SILENT_S - 1
+    sleeper = int(pidfile.read_text())
+    watch.close()
+    t = time.time()
+    while _alive(sleeper) and time.time() - t < 10:
+        time.sleep(0.1)
+    assert not _alive(sleeper)
+
+
 def test_tar_stream_collects_without_a_file_on_the_host(tmp_path):
     import tarfile
 
