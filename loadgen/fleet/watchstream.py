@@ -23,8 +23,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-FROZEN_S = 10.0  # status.json unchanged this long while the agent lives: frozen (10x its 1 s cadence)
-SILENT_S = 10.0  # no line from a host's stream this long (it prints every second): unresponsive
+FROZEN_S = 20.0  # status.json unchanged this long while the agent lives: frozen (20x its 1 s cadence: an agent
+# writing its summary on a loaded machine goes a few seconds without a status; a false "frozen" would kill it)
+SILENT_S = 15.0  # no line from a host's stream this long (it prints every second): unresponsive
 STARTUP_S = 30.0  # no status.json at all this long after the stream opened: frozen (or never started)
 REOPEN_S = 1.0  # pause before opening a host's stream again after it ended
 
