@@ -1,7 +1,7 @@
 """Fleet scale in the lab (issue 18): 20 generator hosts (`fab lab-up --generators 20`), the agent deployed by the
 loadgen_agent role (deploy.yml, as in production), and one `fab cluster-test` over all of them during which one
-agent is SIGKILLed (its whole session, inside its container): the run still ends in time, is PARTIAL naming the
-host, and every other agent's outputs are collected with every message accounted for.
+agent is SIGKILLed and another frozen (SIGSTOP of its whole session, inside its container): the run still ends in
+time, is PARTIAL naming both hosts, and every other agent's outputs are collected with every message accounted for.
 
 The gateways run standalone (no etcd/Kafka/Redis: loadgen.lab.write_scale_overrides); the load is small (30 users
 per generator, 0.5 msg/s each): this is about the controller and its fleet, not about the gateways' capacity.
@@ -34,7 +34,7 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 GENERATORS = 20
 USERS_PER_GENERATOR = 30
-KILLED = "gen3"
+KILLED, FROZEN = "gen3", "gen7"
 HOLD_S = 60
 # the controller's last resort for an agent that never ends: stop it 90 s after the stages' end (clustertest.watch)
 LAST_RESORT_S = 90
@@ -128,7 +128,8 @@ def agent_session(cfg: LabConfig, host: str, run_id: str, signal_name: str) -> s
 
 
 @pytest.mark.timeout(900)
-def test_one_agent_killed_among_20_the_run_ends_in_time_partial_with_the_rest_collected(lab, tmp_path):
+def test_one_agent_killed_and_one_frozen_among_20_the_run_ends_in_time_partial_with_the_rest_collected(lab,
+                                                                                                         tmp_path):
     token = (lab.inventory_dir / "group_vars" / "all" / "secrets.yml").read_text()
     token = re.search(r'^gateway_auth_token: "(.*)"$', token, re.M).group(1)
     reports = tmp_path / "reports"
@@ -148,13 +149,16 @@ def test_one_agent_killed_among_20_the_run_ends_in_time_partial_with_the_rest_co
         time.sleep(max(0.0, started + 20 - time.time()))  # in the hold
         r = agent_session(lab, KILLED, run_id, "KILL")
         assert r.stdout.strip() == "signalled", (r.stdout, r.stderr)
+        r = agent_session(lab, FROZEN, run_id, "STOP")
+        assert r.stdout.strip() == "signalled", (r.stdout, r.stderr)
         code = fab.finish(timeout=ends_at + LAST_RESORT_S + 400 - time.time())
         out = fab.text()
-        # the watch ended without waiting for the last resort
+        # the watch ended without waiting for the last resort: the frozen agent was found out, not waited for
         watch_end = max((t for t, line in fab.lines if "agents running" in line), default=None)
         assert "deadline passed" not in out, out[-4000:]
         assert watch_end is not None and watch_end < ends_at + LAST_RESORT_S - 30, (watch_end - ends_at, out[-4000:])
     finally:
+        ssh(lab, FROZEN, "pkill -CONT -f 'loadgen run' || true")
         if fab.proc.poll() is None:
             fab.proc.terminate()
     assert code == 1, out[-4000:]  # PARTIAL
@@ -162,10 +166,10 @@ def test_one_agent_killed_among_20_the_run_ends_in_time_partial_with_the_rest_co
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "PARTIAL", summary["status"]
     reasons = " ".join(summary["partial_reasons"])
-    assert KILLED in reasons, summary["partial_reasons"]
+    assert KILLED in reasons and FROZEN in reasons, summary["partial_reasons"]
     states = {h: a["state"] for h, a in summary["agents"].items()}
-    assert states[KILLED] == "dead", states
-    others = [f"gen{i}" for i in range(1, GENERATORS + 1) if f"gen{i}" != KILLED]
+    assert states[KILLED] == "dead" and states[FROZEN] != "done", states
+    others = [f"gen{i}" for i in range(1, GENERATORS + 1) if f"gen{i}" not in (KILLED, FROZEN)]
     assert all(states[g] == "done" for g in others), states
     total = 0
     for g in others:
@@ -178,6 +182,6 @@ def test_one_agent_killed_among_20_the_run_ends_in_time_partial_with_the_rest_co
     # the survivors sent about what their users were asked to (0.5 msg/s each over the hold), give or take a
     # busy machine's slow ramp
     assert total >= 0.5 * len(others) * USERS_PER_GENERATOR * 0.5 * HOLD_S, total
-    print(f"\n{GENERATORS} generators, {KILLED} killed: watch ended "
+    print(f"\n{GENERATORS} generators, {KILLED} killed + {FROZEN} frozen: watch ended "
           f"{watch_end - ends_at:+.0f} s after the stages' end; {total} messages from the {len(others)} others",
           file=sys.stderr)
