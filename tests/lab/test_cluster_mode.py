@@ -257,14 +257,17 @@ def test_chat_mix_across_both_nodes_groups_span_them_and_every_delivery_is_accou
             spanning.append(int(out) if out.isdigit() else 0)
             return spanning[-1] > 0
 
-        # fab's preflight and snapshots come first (a minute or more on a busy lab), then the ramp-up
-        wait_for(groups_spanning_nodes, 300, "a group with members on both gateway nodes in Redis")
+        # fab's preflight and snapshots come first (a minute or more on a busy lab), then the ramp-up; a fab that
+        # ended meanwhile (a failure) ends the wait and shows its output below
+        wait_for(lambda: groups_spanning_nodes() or proc.poll() is not None, 480,
+                 "a group with members on both gateway nodes in Redis")
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(30)
     assert proc.returncode == 0, out[-4000:]
+    assert max(spanning) > 0, spanning  # seen in Redis during the run: members of one group on both nodes
     run_dir = only_run(tmp_path / "reports")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert json.loads((run_dir / "plan.json").read_text())["traffic"]["name"] == "chat-mix"
