@@ -48,3 +48,21 @@ def test_a_close_during_a_join_leaves_after_it_and_an_ended_connection_settles()
     gq.opened(0)
     gq.begin(0)  # closing before its join went: never a member, nothing to leave
     assert not gq.busy(0) and not gq.quiet(0) and gq.to_send() == []
+
+
+def test_a_delivery_that_never_arrives_keeps_a_join_waiting_only_for_the_bound():
+    """A member dropped with a group delivery on its way to it: the delivery never arrives. A member joining meanwhile
+    waits for the group's idle at most the quiet period's bound, then the group's books are written off (the report
+    counts the delivery lost) and the join goes: the group does not stay silent for the rest of the run."""
+    gq = GroupQuiet(array("i", [0, 0, 0]), 1, bound_ns=10)
+    gq.opened(0), gq.opened(1)
+    assert sorted(gq.to_send(0)) == [(0, JOIN), (1, JOIN)]
+    gq.joined(0), gq.joined(1)
+    gq.sent(0)
+    gq.acked(0, 1)  # owes one delivery, to member 1, which drops before it arrives
+    gq.ended(1)
+    gq.opened(2)
+    assert gq.quiet(0) and gq.to_send(100) == [] and gq.to_send(109) == []
+    assert gq.to_send(110) == [(2, JOIN)] and gq.written_off == 1
+    gq.joined(2)
+    assert not gq.quiet(0) and gq.idle(0)

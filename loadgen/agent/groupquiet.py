@@ -20,8 +20,14 @@ JOIN, LEAVE = "join", "leave"
 
 
 class GroupQuiet:
-    def __init__(self, group_of: array, n_groups: int) -> None:
+    def __init__(self, group_of: array, n_groups: int, bound_ns: int = 0) -> None:
         self.group_of = group_of  # slot -> its group, or < 0: in none
+        # a join or leave waits for its group's idle at most this long (the quiet period, --close-quiesce): a
+        # delivery that never arrives (its member dropped) is lost, and counted so by the report, not waited for
+        # for ever with the group silent; 0: no bound
+        self.bound_ns = bound_ns
+        self.since: dict[int, int] = {}  # waiting slot -> when to_send first saw it waiting
+        self.written_off = 0  # deliveries and acks given up on by that bound
         self.unacked = array("q", bytes(8 * n_groups))  # group messages neither acked nor refused yet
         self.owed = array("q", bytes(8 * n_groups))  # deliveries the acks' n call for
         self.arrived = array("q", bytes(8 * n_groups))  # deliveries received by members
@@ -70,6 +76,7 @@ class GroupQuiet:
             self.state[slot] = STAYING
             self.changing[self.group_of[slot]] -= 1
         self.waiting.discard(slot)
+        self.since.pop(slot, None)
         self.close_after_join.discard(slot)
 
     def opened(self, slot: int) -> None:
@@ -93,12 +100,19 @@ class GroupQuiet:
         """The slot may not close yet: it is joining or has not left its group."""
         return self.state[slot] != STAYING
 
-    def to_send(self) -> list[tuple[int, str]]:
-        """(slot, JOIN or LEAVE) for the waiting slots whose group is idle: their frames are to go now."""
+    def to_send(self, now_ns: int = 0) -> list[tuple[int, str]]:
+        """(slot, JOIN or LEAVE) for the waiting slots whose group is idle, or has kept them waiting bound_ns:
+        their frames are to go now (a group's books are written off when its wait ran out)."""
         out = []
         for slot in list(self.waiting):
-            if self.idle(self.group_of[slot]):
+            g = self.group_of[slot]
+            since = self.since.setdefault(slot, now_ns)
+            if not self.idle(g) and self.bound_ns and now_ns - since >= self.bound_ns:
+                self.written_off += max(0, self.unacked[g]) + max(0, self.owed[g] - self.arrived[g])
+                self.unacked[g], self.owed[g] = 0, self.arrived[g]
+            if self.idle(g):
                 self.waiting.discard(slot)
+                self.since.pop(slot, None)
                 joining = self.state[slot] == JOINING
                 self.state[slot] = JOIN_SENT if joining else LEAVE_SENT
                 out.append((slot, JOIN if joining else LEAVE))

@@ -353,7 +353,7 @@ class Worker:
                                                 same_node)
         self.group_of = group_of if model.groups is not None else None
         # peer mode's quiet period covers groups too: a member's planned close quiets its group first
-        self.group_quiet = GroupQuiet(group_of, len(sizes)) \
+        self.group_quiet = GroupQuiet(group_of, len(sizes), self.slots.quiesce_ns) \
             if self.group_of is not None and self.slots.quiesce_ns else None
         if self.group_quiet is not None:
             self.slots.busy = self.group_quiet.busy
@@ -628,7 +628,7 @@ class Worker:
         gq = self.group_quiet
         if gq is not None and gq.waiting:  # members join or leave once their group is quiet and idle
             conns = self.slots.conns
-            for slot, what in gq.to_send():
+            for slot, what in gq.to_send(now_ns):
                 group = self.group_name(self.group_of[slot]).encode()
                 frame = frames.join_frame(group) if what == JOIN else frames.leave_frame(group)
                 conns[slot].transport.send(WSMsgType.TEXT, frame)
