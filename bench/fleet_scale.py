@@ -304,6 +304,8 @@ def one_lab(sizes: list[int], a, clock: Clock, out_root: Path) -> list[dict]:
                 row |= {k: v for k, v in lab_row.items() if k.startswith(("ansible", "lab_"))}
             rows.append(row)
             log(json.dumps(row))
+            if a.json:  # after every row: a bench stopped later keeps what it measured
+                a.json.write_text(json.dumps(rows, indent=1))
         clock.check()
         lab_row["ansible_second"] = ansible(cfg, clock, out_dir, "second")
         next(r for r in rows if r["generators"] == big)["ansible_second"] = lab_row["ansible_second"]
