@@ -227,18 +227,23 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
     return row
 
 
-def one_size(n: int, a, clock: Clock, out_root: Path) -> dict:
-    cfg = LabConfig()
-    out_dir = out_root / f"g{n}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    row: dict = {"generators": n, "load_before": uptime()}
-    log(f"{n} generators: lab up (load {row['load_before']})")
+def bring_up(cfg: LabConfig, n: int, row: dict) -> None:
+    """A fresh scale lab of n generators (standalone gateways, one agent process each); its times into row."""
     t0 = time.monotonic()
     lab_down(cfg)
     state = lab_up(hosts_for(n), cfg)
     write_scale_overrides(cfg)
     row["lab_up_s"] = round(time.monotonic() - t0, 1)
     row["lab_boot_s"] = state.get("timings", {}).get("boot_s")
+
+
+def one_size(n: int, a, clock: Clock, out_root: Path) -> dict:
+    cfg = LabConfig()
+    out_dir = out_root / f"g{n}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    row: dict = {"generators": n, "load_before": uptime()}
+    log(f"{n} generators: lab up (load {row['load_before']})")
+    bring_up(cfg, n, row)
     clock.check()
     row["ansible_cold"] = ansible(cfg, clock, out_dir, "cold")
     clock.check()
@@ -284,12 +289,7 @@ def one_lab(sizes: list[int], a, clock: Clock, out_root: Path) -> list[dict]:
     rows: list[dict] = []
     try:
         log(f"one lab of {big} generators (load {lab_row['load_before']})")
-        t0 = time.monotonic()
-        lab_down(cfg)
-        state = lab_up(hosts_for(big), cfg)
-        write_scale_overrides(cfg)
-        lab_row["lab_up_s"] = round(time.monotonic() - t0, 1)
-        lab_row["lab_boot_s"] = state.get("timings", {}).get("boot_s")
+        bring_up(cfg, big, lab_row)
         clock.check()
         lab_row["ansible_cold"] = ansible(cfg, clock, out_dir, "cold")
         for n in sorted(sizes, reverse=True):
