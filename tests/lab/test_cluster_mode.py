@@ -380,7 +380,11 @@ def test_a_kafka_broker_stopped_mid_run_routing_continues(lab, tmp_path):
             proc.terminate()
     run_dir = only_run(tmp_path / "reports")
     msgs = agent_messages(run_dir)
-    assert msgs["received"] + msgs["errors"] + msgs["lost"] == msgs["sent"], msgs  # every message accounted for
+    # every message accounted for; a broker's failover may deliver a few twice (the gateway's Kafka producer retries
+    # a produce whose first attempt was written: at least once, docs/protocol.md), never lose one. A fresh clone saw
+    # 6 of 35,155 delivered twice.
+    duplicates = msgs["received"] + msgs["errors"] + msgs["lost"] - msgs["sent"]
+    assert 0 <= duplicates <= 0.001 * msgs["sent"], msgs
     assert msgs["errors"] + msgs["lost"] <= 0.05 * msgs["sent"], msgs
     # messages kept arriving after the broker went away (RF 3, min.insync.replicas 2)
     received_after = 0
