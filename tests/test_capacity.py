@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import free_port
-from loadgen.capacity.cause import name_cause
+from loadgen.capacity.cause import name_cause, resources
 from loadgen.capacity.judge import Window, step_figures
 from loadgen.capacity.rows import RowTail
 from loadgen.capacity.search import Search
@@ -110,6 +110,20 @@ def test_a_step_is_judged_on_its_own_window_and_the_cause_is_named_generators_fi
     errors = name_cause(fig, {"g": {}}, {"gw1": {"rejected_full": 0, "errors": {"route_failed": 12}}}, {"g": 1},
                         ["gw1"], ["g"])
     assert errors["kind"] == "backend_errors" and "route_failed 12" in errors["text"]
+
+
+def test_a_hold_without_a_cpu_sample_takes_the_first_one_after_it_and_says_when_none_came():
+    samples = [(99.0, "gw1", "gateway", "gateway_cpu_percent", 10.0),  # the step before: not counted
+               (101.0, "gw1", "gateway", "gateway_fds", 50.0),
+               (106.5, "gw1", "gateway", "gateway_cpu_percent", 25.0),  # after the hold: covers it
+               (107.5, "gw1", "gateway", "gateway_cpu_percent", 5.0),  # the next one: does not
+               (106.6, "gw1", "gateway", "gateway_fds", 99.0)]  # not a rate: after the hold, not counted
+    res = resources(samples, 100.0, 106.0)
+    assert res["gw1"]["max_gateway_cpu_percent"] == 25.0 and res["gw1"]["gateway_cpu_percent"] == 25.0
+    assert res["gw1"]["max_gateway_fds"] == 50.0
+    fig = _step([_row(ts=100 + t, active=10, msgs_sent=100, msgs_received=40) for t in range(1, 7)])
+    unknown = name_cause(fig, {"g": {}}, {"gw1": {"rejected_full": 0, "errors": {}}}, {"g": 1}, ["gw1"], ["g"])
+    assert unknown["kind"] == "unknown" and "no CPU sample of gw1 in the hold" in unknown["text"]
 
 
 def test_hold_throughput_counts_the_seconds_each_worker_s_rows_cover():

@@ -30,10 +30,17 @@ def _mean(values):
 
 
 def resources(samples: list[tuple], start: float, end: float) -> dict:
-    """Per host, the mean of each sampled metric in [start, end] (samples: ts, host, role, metric, value)."""
+    """Per host, the mean and the max of each sampled metric in [start, end] (samples: ts, host, role, metric,
+    value). A rate (a *_cpu_percent) covers the time since its host's previous sample, so each host's first one
+    after `end` is counted too: it covers the window's last part, and the whole window when a loaded machine took
+    no sample inside it."""
     acc: dict = {}
-    for ts, host, _role, metric, value in samples:
+    tail: set = set()
+    for ts, host, _role, metric, value in sorted(samples, key=lambda s: s[0]):
         if start <= ts <= end:
+            acc.setdefault(host, {}).setdefault(metric, []).append(float(value))
+        elif ts > end and metric.endswith("_cpu_percent") and (host, metric) not in tail:
+            tail.add((host, metric))
             acc.setdefault(host, {}).setdefault(metric, []).append(float(value))
     return {h: {m: round(sum(v) / len(v), 3) for m, v in ms.items()} | {"max_" + m: max(v) for m, v in ms.items()}
             for h, ms in acc.items()}
@@ -122,8 +129,11 @@ def name_cause(step: dict, res: dict, gateway_deltas: dict, agent_workers: dict,
         text = "; ".join(f"{n}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(e.items())) for n, e in sorted(errors.items()))
         return _cause("backend_errors", f"gateway errors: {text}", True, {"errors": errors})
 
+    unsampled = [n for n in gateways if res.get(n, {}).get("max_gateway_cpu_percent") is None]
+    missing = f"; no CPU sample of {', '.join(unsampled)} in the hold" if unsampled else ""
     return _cause("unknown", f"{failing_text or 'the step failed'}: no resource ran out in the data "
-                  "(generators, connection limit, CPU, memory, open files, backends)", True, {})
+                  f"(generators, connection limit, CPU, memory, open files, backends){missing}", True,
+                  {"unsampled_gateways": unsampled} if unsampled else {})
 
 
 def _cause(kind: str, text: str, gateway_capacity: bool, evidence: dict) -> dict:

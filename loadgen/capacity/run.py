@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from loadgen.plan.stages import Stage, format_duration, parse_duration
 
 CONTROL_DELAY_S = 1.5  # a control message is acted on within about a second (the agents' control tick)
 ROWS_WAIT_S = 10.0  # a step's last rows: at most this long after its end
+SAMPLE_WAIT_S = 3.0  # a gateway's first CPU sample after a step's end: at most this long beyond two intervals
 RAMP_DOWN_S = 5.0
 FILE_NAME = "capacity.json"
 
@@ -144,19 +146,35 @@ class CapacityTest(ClusterTest):
         if gone:
             raise AgentGone(f"agent(s) {', '.join(sorted(gone))} ended during the search")
 
+    def _sample_loop(self, stop: threading.Event) -> None:
+        """Probe samples every probe interval in their own thread: a poll, a /metrics read or a step's last rows
+        taking seconds on a loaded machine never leave a hold without its hosts' CPU figures."""
+        while not stop.is_set():
+            began = time.time()
+            try:
+                self.sample()
+            except Exception as exc:  # one failed round is a gap in the samples, not the end of them
+                log(f"probe sample failed: {exc}")
+            stop.wait(max(0.0, self.probe_interval - (time.time() - began)))
+
+    def _samples_after(self, end: float) -> None:
+        """Wait (at most two probe intervals + SAMPLE_WAIT_S) until every gateway has a CPU sample after the step's
+        end: a rate sample covers the time since the previous one, so that sample covers the hold's last part."""
+        deadline = time.time() + 2 * self.probe_interval + SAMPLE_WAIT_S
+        want = set(self.gateways)
+        while time.time() < deadline:
+            seen = {h for ts, h, _r, m, _v in self.sample_rows[-2000:] if ts > end and m == "gateway_cpu_percent"}
+            if want <= seen:
+                return
+            time.sleep(0.2)
+
     def _wait_until(self, t: float) -> None:
-        next_sample = next_poll = 0.0
         while True:
             now = time.time()
             if now >= t:
                 return
-            if now >= next_sample:
-                self.sample()
-                next_sample = time.time() + self.probe_interval
-            if now >= next_poll:
-                self._check_agents()
-                next_poll = time.time() + 2.0
-            time.sleep(max(0.0, min(0.5, t - time.time(), next_sample - time.time())))
+            self._check_agents()
+            time.sleep(max(0.0, min(2.0, t - time.time())))
 
     def _rows_until(self, tails: dict, rows: list, end: float) -> None:
         """Read the agents' new rows until each has one past the step's end (at most ROWS_WAIT_S)."""
@@ -188,6 +206,7 @@ class CapacityTest(ClusterTest):
         self._wait_until(win.end)
         self.counters = after = self.gateway_counters()
         self._rows_until(tails, rows, win.end)
+        self._samples_after(win.end)
         self.workers_seen.update((r["agent"], r["worker"]) for r in rows)
         fig = step_figures(rows, win, cap.step_criteria(load), cap.offered_per_s(load), conns, self.workers_seen)
         res = resources(self.sample_rows, win.hold, win.end)
@@ -205,6 +224,9 @@ class CapacityTest(ClusterTest):
         tails = {g: RowTail(self.hosts[g], f"{workdir(self.hosts[g], self.plan.run_id)}/out/timeseries.csv")
                  for g in self.agent_state if self.agent_state[g] != "unreachable"}
         rows: list[dict] = []
+        stop_sampling = threading.Event()
+        sampling = threading.Thread(target=self._sample_loop, args=(stop_sampling,), daemon=True, name="probe-samples")
+        sampling.start()
         try:
             load = self.search.next_load()
             while load is not None:
@@ -223,6 +245,8 @@ class CapacityTest(ClusterTest):
             self.partial = str(exc)
             log(f"{exc}: the search ends with what it found; ramping down")
         finally:
+            stop_sampling.set()
+            sampling.join(30)
             self.write_result()
         running = [n for n, s in self.agent_state.items() if s not in ("done", "dead", "unreachable")]
         if running:
