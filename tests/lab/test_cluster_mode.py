@@ -1,8 +1,9 @@
 """Gateway cluster mode in the lab: 2 gateway nodes on two hosts, 3-node etcd, 3 Kafka brokers, Redis primary +
 2 replicas (the roles), driven by `fab cluster-test -i inventory/lab` from the generators.
 
-Reuses a lab that is up and deployed (site.yml); otherwise builds one (lab_up + site.yml, 10-20 minutes) and
-tears it down at the end. For the fault tests the gateways get short TTLs (registry 45 s, lease 5 s) through
+Reuses a lab that is up and deployed (site.yml): test_lab.py's, when both run in one session (it runs first and
+hands its lab over: tests/conftest.py), or one left up with LOADGEN_LAB_KEEP=1; otherwise builds one (lab_up +
+site.yml, 10-20 minutes). It tears down the lab it built or was handed. For the fault tests the gateways get short TTLs (registry 45 s, lease 5 s) through
 im_gateway_config_overrides; the lab's configuration is restored afterwards.
 
 Run: pytest -m lab tests/lab/test_cluster_mode.py -v   (LOADGEN_LAB_KEEP=1: leave a lab it built up)
@@ -27,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import LAB_HANDOVER
 from loadgen.lab import LabConfig, lab_down, lab_up
 
 pytestmark = [
@@ -152,8 +154,10 @@ def _deployed(cfg: LabConfig) -> bool:
 @pytest.fixture(scope="module")
 def lab():
     cfg = LabConfig()
-    owned = not _deployed(cfg)
-    if owned:
+    deployed = _deployed(cfg)
+    # built and deployed by test_lab.py in this session and handed over (tests/conftest.py): ours to take down
+    owned = not deployed or (cfg.inventory_dir / LAB_HANDOVER).exists()
+    if not deployed:
         lab_down(cfg)
         lab_up(7, cfg)
         r = playbook(cfg, "site.yml")

@@ -185,3 +185,19 @@ def test_one_agent_killed_and_one_frozen_among_20_the_run_ends_in_time_partial_w
     print(f"\n{GENERATORS} generators, {KILLED} killed + {FROZEN} frozen: watch ended "
           f"{watch_end - ends_at:+.0f} s after the stages' end; {total} messages from the {len(others)} others",
           file=sys.stderr)
+
+
+@pytest.mark.timeout(300)
+def test_lab_down_removes_every_host_and_keeps_the_cached_rootfs(lab):
+    cfg = lab
+    lab_down(cfg)
+    assert not cfg.inventory_dir.exists()
+    assert not Path(f"/sys/class/net/{cfg.bridge}").exists()
+    assert not (cfg.lab_dir / "ct").exists()
+    assert str(cfg.lab_dir / "ct") not in Path("/proc/mounts").read_text()
+    nspawn = subprocess.run(["pgrep", "-f", f"systemd-nspawn .*-D {cfg.lab_dir}/ct/"], capture_output=True)
+    assert nspawn.returncode == 1, nspawn.stdout
+    for h in ("systemd", "unified"):
+        assert not (Path("/sys/fs/cgroup") / h / cfg.cgroup_name).exists()
+    assert cfg.rootfs.is_dir(), "the rootfs stays cached"
+    lab_down(cfg)  # idempotent, safe when nothing is up

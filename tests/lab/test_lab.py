@@ -5,8 +5,10 @@ Run: pytest -m lab tests/lab -v   (about 8-15 minutes on 2 cores; the rootfs is 
 
 The tests run in file order and share one lab (module fixture): it is built from scratch
 (lab_down first), site.yml runs twice (the second run must change nothing), verify.yml must pass
-and must report what the hosts refuse, negative checks show that verification fails when
-something is not configured, and lab_down must leave nothing behind.
+and must report what the hosts refuse, and negative checks show that verification fails when
+something is not configured. When test_cluster_mode.py runs in the same session (it runs next:
+tests/conftest.py), the deployed lab is handed over to it instead of being taken down; that lab_down
+leaves nothing behind is checked at the end of test_fleet_scale.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LAB_HANDOVER
 from loadgen.lab import LabConfig, lab_down, lab_up
 
 pytestmark = [
@@ -77,15 +80,18 @@ def ssh(cfg: LabConfig, host: str, command: str, **kw) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def lab():
+def lab(request):
     cfg = LabConfig()
     lab_down(cfg)
     t0 = time.monotonic()
     state = lab_up(7, cfg)
     TIMINGS["lab_up (incl. rootfs if not cached)"] = round(time.monotonic() - t0, 1)
     yield cfg, state
-    lab_down(cfg)
     print("\nlab timings (s):", json.dumps(TIMINGS, indent=1))
+    if any(item.path.name == "test_cluster_mode.py" for item in request.session.items):
+        (cfg.inventory_dir / LAB_HANDOVER).write_text("test_lab.py\n")  # test_cluster_mode.py takes it down
+    else:
+        lab_down(cfg)
 
 
 @pytest.mark.timeout(900)
@@ -252,20 +258,3 @@ def test_refusals_fail_unless_the_inventory_accepts_them(lab):
     r = playbook(cfg, "verify.yml", "--limit", "gen1", "-e", json.dumps({"limits_accept_host_cap": False}))
     assert r.returncode != 0
     assert "host refused 1000000 (live hard limit 20000" in flat(r.stdout)
-
-
-@pytest.mark.timeout(300)
-def test_lab_down_removes_everything(lab):
-    cfg, state = lab
-    lab_down(cfg)
-    assert not cfg.inventory_dir.exists()
-    assert not Path(f"/sys/class/net/{cfg.bridge}").exists()
-    assert not (cfg.lab_dir / "ct").exists()
-    mounts = Path("/proc/mounts").read_text()
-    assert str(cfg.lab_dir / "ct") not in mounts
-    nspawn = subprocess.run(["pgrep", "-f", f"systemd-nspawn .*-D {cfg.lab_dir}/ct/"], capture_output=True)
-    assert nspawn.returncode == 1, nspawn.stdout
-    for h in ("systemd", "unified"):
-        assert not (Path("/sys/fs/cgroup") / h / cfg.cgroup_name).exists()
-    assert cfg.rootfs.is_dir(), "the rootfs stays cached"
-    lab_down(cfg)  # idempotent, safe when nothing is up
