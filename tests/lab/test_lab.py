@@ -94,7 +94,7 @@ def lab(request):
         lab_down(cfg)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2700)  # the first lab test of a run pays for the rootfs and the Kafka archive (fresh machine)
 def test_lab_inventory_describes_every_host_with_checked_host_keys(lab):
     cfg, state = lab
     r = ansible(_tool("ansible-inventory"), "-i", str(cfg.inventory_dir), "--list")
