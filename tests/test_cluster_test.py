@@ -218,12 +218,19 @@ def test_killed_controller_leaves_no_orphaned_load(tmp_path, stop_leftovers):
     assert {json.load(open(p))["stopped_by"] for p in summaries} == {"deadman"}
 
 
-def test_ctrl_c_stops_agents_collects_and_reports_partial(tmp_path, stop_leftovers):
+def _default_sigint() -> None:
+    # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored: give fab a terminal's
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig,reason", [(signal.SIGINT, "interrupted (Ctrl-C)"), (signal.SIGTERM, "stopped (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_agents_collects_and_reports_partial(sig, reason, tmp_path, stop_leftovers):
     inv, reports = write_inventory(tmp_path), tmp_path / "reports"
     proc = subprocess.Popen([FAB, "-r", ROOT, "cluster-test", "-i", inv, "--reports-dir", str(reports),
                              "--stage", "2s:100", "--stage", "120s:100",  # the subject is the PARTIAL verdict:
                              "--criterion", "message_p99_ms=off", "--criterion", "connect_p95_ms=off"],  # not load
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
     stop_leftovers.append(proc)
     deadline = time.time() + 60
     while time.time() < deadline:  # until both agents have held their connections for a few seconds
@@ -231,12 +238,14 @@ def test_ctrl_c_stops_agents_collects_and_reports_partial(tmp_path, stop_leftove
         if len(csvs) == 2 and all(len(open(c).read().splitlines()) >= 5 for c in csvs):
             break
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 1, out[-2000:]
+    assert f"{reason}: stopping agents, collecting what they measured" in out
     run = only_run(reports)
     summary = json.load(open(os.path.join(run, "summary.json")))
     assert summary["status"] == "PARTIAL" and summary["connections"]["established"] == 100
+    assert json.load(open(os.path.join(run, "run.json")))["stopped_by"] == reason
     assert no_loadgen_processes_of(tmp_path) == []
 
 

@@ -21,7 +21,7 @@ from loadgen.capacity.rows import RowTail
 from loadgen.capacity.search import Search
 from loadgen.errors import UsageError
 from loadgen.fleet import probes
-from loadgen.fleet.clustertest import ClusterTest, Options, log, workdir
+from loadgen.fleet.clustertest import ClusterTest, Options, log, stop_reason, workdir
 from loadgen.fleet.hosts import parallel
 from loadgen.plan.capacity import UNITS, CapacityPlan
 from loadgen.plan.options import parse_int, parse_number
@@ -238,9 +238,9 @@ class CapacityTest(ClusterTest):
                     + (f" -> {step['cause']['text']}" if step.get("cause") else ""))
                 del rows[:-20000]  # the next step reads only its own window
                 load = self.search.next_load()
-        except KeyboardInterrupt:
-            self.partial = "interrupted (Ctrl-C)"
-            log("interrupted: the search ends with what it found; ramping down")
+        except KeyboardInterrupt as exc:
+            self.partial = stop_reason(exc)
+            log(f"{self.partial}: the search ends with what it found; ramping down")
         except AgentGone as exc:
             self.partial = str(exc)
             log(f"{exc}: the search ends with what it found; ramping down")

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shlex
+import signal
 import tarfile
 import tempfile
 import threading
@@ -19,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 
 from loadgen.errors import EXIT_OK, LoadgenError, UsageError
-from loadgen.fleet import probes
 from loadgen.fleet.control import Controller
 from loadgen.fleet import metrics_targets, probes
 from loadgen.fleet.heartbeat import Heartbeat
@@ -46,6 +46,35 @@ LOG_S = 2.0  # a progress line this often
 DEADLINE_S = 90.0  # after the stages' end, the remaining agents are stopped
 COLLECT_TIMEOUT_S = 120.0  # one host's outputs: a hung host ends its stream, not the run
 ABORT_RAMP_DOWN_S = 5.0  # --abort-on: every agent closes its users within this long
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, `timeout`, systemd): the same way out as Ctrl-C, so the agents are stopped and
+    what they measured is collected and reported, instead of load left running until their deadman fires."""
+
+    reason = "stopped (SIGTERM)"
+
+
+class stop_on_sigterm:
+    """While in effect (main thread only), SIGTERM raises Stopped in the main thread."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Stopped()
+
+    def __exit__(self, *exc) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+def stop_reason(exc: KeyboardInterrupt) -> str:
+    return getattr(exc, "reason", "interrupted (Ctrl-C)")
 
 
 @dataclass
@@ -563,10 +592,11 @@ class ClusterTest:
             self.publish_targets(running=True)
             self.timings.watch_begins()
             try:
-                self.drive()
-            except KeyboardInterrupt:
-                interrupted = "interrupted (Ctrl-C)"
-                log("interrupted: stopping agents, collecting what they measured")
+                with stop_on_sigterm():
+                    self.drive()
+            except KeyboardInterrupt as exc:
+                interrupted = stop_reason(exc)
+                log(f"{interrupted}: stopping agents, collecting what they measured")
                 self.stop_agents()
                 time.sleep(POLL_S + 1)  # the streams' next lines say GONE
                 self.poll()
