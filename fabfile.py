@@ -65,12 +65,14 @@ def _list(value):
         "abort_on": "(takes a value, repeatable) stop every agent when a threshold over a sliding window of the "
                     "fleet's data is crossed, e.g. 'connect_success<0.9 over 60s'; the report says ABORTED, exit 99",
         "abort_grace": "judge no abort threshold before this long after the start (default 30s)",
+        "lead": "the agents' common start is this long after dispatch begins (default: measured, max(4s, 3 x "
+                "preflight's round of `loadgen --version` over every generator at once + 2s))",
     },
 )
 def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, duration=None, stage=None,
                  rate=None, message_size=None, min_generators=None, probe_interval=None, deadman_timeout="60s",
                  token_file=None, criterion=None, reports_dir="reports", traffic=None, seed=None, protocol=None,
-                 junit=None, abort_on=None, abort_grace=None):
+                 junit=None, abort_on=None, abort_grace=None, lead=None):
     """Run a cluster load test on the inventory's generators and gateways; ends with a report."""
     from loadgen.fleet.clustertest import Options, cluster_test as run
 
@@ -79,7 +81,8 @@ def cluster_test(c, inventory=DEFAULT_INVENTORY, scenario="cluster", vus=None, d
                         min_generators=_text(min_generators), probe_interval=_text(probe_interval),
                         deadman_timeout=str(deadman_timeout), token_file=token_file, criteria=_list(criterion),
                         reports_dir=reports_dir, traffic=_text(traffic), seed=_text(seed), protocol=_text(protocol),
-                        junit=_text(junit), abort_on=list(abort_on or []), abort_grace=_text(abort_grace)))
+                        junit=_text(junit), abort_on=list(abort_on or []), abort_grace=_text(abort_grace),
+                        lead=_text(lead)))
 
 
 @task(

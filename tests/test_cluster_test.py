@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import free_port
+from loadgen.fleet.lead import start_lead
 from loadgen.plan.runplan import RunPlan
 from loadgen.report import analyze_run
 
@@ -136,6 +137,10 @@ def test_local_cluster_test_runs_collects_probes_and_reports(tmp_path):
     assert len({pre[h]["boot_id"] for h in ("gen1", "gen2", "gw1", "gw2")}) == 1
     assert all(pre[h]["clock_same_kernel"] and pre[h]["clock_offset_ms"] == 0 for h in pre)
     assert m["hosts"]["machines"] == [{"hosts": ["gen1", "gen2", "gw1", "gw2"], "netns_shared": True}]
+    # the start lead followed preflight's measured round over the generators, and says so
+    t, round_s = facts["timings"], facts["preflight"]["generator_round_s"]
+    assert round_s > 0 and (t["lead_s"], t["lead_rule"]) == start_lead(round_s)
+    assert f"start lead {t['lead_s']:.1f}s: max(" in r.stdout
     assert r.stdout.splitlines()[-2:] == [f"PASS: {os.path.basename(run)}", f"report: {os.path.abspath(run)}/report.html"]
     # the token never leaves the controller's memory except in mode-600 files
     token_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "work") for f in fs if f == "token"]
@@ -273,6 +278,8 @@ FAB_BAD_INPUT = [
     (["--min-generators", "3"], "--min-generators must be between 1 and 2 (got 3)"),
     (["--min-generators", "two"], "--min-generators 'two' is not a whole number"),
     (["--probe-interval", "0"], "--probe-interval must be a positive number"),
+    (["--lead", "soon"], "--lead 'soon' is not a duration"),
+    (["--lead", "0s"], "--lead must be a positive duration (got 0s)"),
     (["--token-file", "/nonexistent/token"], "token file /nonexistent/token: No such file or directory"),
     (["-i", "/nonexistent/inventory"], "inventory /nonexistent/inventory does not exist"),
 ]
@@ -335,7 +342,7 @@ def test_preflight_measures_hosts_and_refuses_impossible_plans(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     for host in ("gen1", "gen2", "gw1", "gw2"):
         assert f"{host}: clock offset" in r.stdout
-    assert "preflight passed" in r.stdout
+    assert "preflight passed" in r.stdout and "would start its agents" in r.stdout
     # 2 generators x 150,000 connections, one source IP each, 2 gateway endpoints: 150,000 > ports x 1 x 2
     r = fab("cluster-test", "-i", inv, "--reports-dir", str(tmp_path / "r"), "--stage", "5s:300000")
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr

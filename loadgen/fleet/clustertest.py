@@ -25,6 +25,7 @@ from loadgen.fleet import metrics_targets, probes
 from loadgen.fleet.heartbeat import Heartbeat
 from loadgen.fleet.hosts import Host, open_hosts, parallel
 from loadgen.fleet.inventory import load_inventory
+from loadgen.fleet.lead import start_lead
 from loadgen.fleet.preflight import check_fleet, describe_clock
 from loadgen.fleet import timings
 from loadgen.fleet.shell import (detached, dispatch, kill_now, loadgen_command, tar_outputs, terminate,
@@ -94,7 +95,7 @@ class Options:
     reports_dir: str = "reports"
     token_file: str | None = None
     criteria: list[str] = field(default_factory=list)
-    lead_s: float | None = None
+    lead: str | None = None  # --lead: seconds from dispatch to the common start; None: from preflight's round (fleet/lead.py)
     traffic: str | None = None  # NAME|FILE (docs/traffic.md); None: the inventory's loadgen_traffic, else the scenario's default
     seed: str | None = None
     protocol: str | None = None  # NAME|FILE; None: the inventory's loadgen_protocol, else reference
@@ -202,6 +203,11 @@ class ClusterTest:
             self.probe_interval = parse_number(opts.probe_interval, "--probe-interval")
             if not self.probe_interval > 0:
                 raise UsageError(f"--probe-interval must be a positive number of seconds (got {opts.probe_interval})")
+        self.lead_s = None
+        if opts.lead is not None:
+            self.lead_s = parse_duration(opts.lead, "--lead")
+            if not self.lead_s > 0:
+                raise UsageError(f"--lead must be a positive duration (got {opts.lead})")
         self.inv = inv = load_inventory(opts.inventory)
         self.plan = fleet_plan(inv, opts)
         self.generators = inv.group("generators")
@@ -348,7 +354,9 @@ class ClusterTest:
         self._samples_file.flush()
 
     def start_agents(self) -> None:
-        lead = self.opts.lead_s if self.opts.lead_s is not None else 4.0 + 0.05 * len(self.live_generators)
+        lead, how = start_lead((self.facts.get("preflight") or {}).get("generator_round_s"), self.lead_s)
+        self.timings.lead(lead, how)
+        log(f"start lead {lead:.1f}s: {how}")
         start_at = time.time() + lead
         self.plan.start_at = start_at
         os.makedirs(os.path.join(self.run_dir, "plans"), exist_ok=True)
@@ -658,5 +666,7 @@ def preflight_only(opts: Options) -> int:
         if isinstance(f, dict):
             log(f"{name}: {describe_clock(f)}, open files {f.get('nofile_hard')}, "
                 f"cores {f.get('cores')}, connections planned {f.get('connections_planned', '-')}")
-    log(f"preflight passed: {len(ct.hosts)} hosts, plan {' '.join(map(str, ct.plan.stages))}")
+    lead, how = start_lead(result["generator_round_s"], ct.lead_s)
+    log(f"preflight passed: {len(ct.hosts)} hosts, plan {' '.join(map(str, ct.plan.stages))}; "
+        f"a cluster test now would start its agents {lead:.1f}s after dispatch: {how}")
     return EXIT_OK

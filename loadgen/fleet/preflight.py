@@ -69,7 +69,8 @@ def describe_clock(f: dict) -> str:
 
 
 def check_fleet(ct) -> dict:
-    """Facts per host plus the verdict; raises LoadgenError with the numbers when the plan cannot fit."""
+    """Facts per host, the warnings and the wall time of one round of `loadgen --version` over every generator at
+    once (`generator_round_s`); raises LoadgenError with the numbers when the plan cannot fit."""
     plan = ct.plan
     keys = sorted({k for d in SPEC_SYSCTLS.values() for k in d})
 
@@ -93,7 +94,9 @@ def check_fleet(ct) -> dict:
     facts = parallel(ct.hosts, one)
     problems, warnings = [], []
     untuned: dict[tuple, list[str]] = {}
+    t0 = time.time()  # a round over every generator at once: the start lead follows its wall time (fleet/lead.py)
     versions = parallel(ct._subset(ct.live_generators), version)
+    generator_round_s = round(time.time() - t0, 3)
     for name, r in versions.items():
         if not getattr(r, "ok", False):
             problems.append(f"{name}: loadgen is not runnable ({(getattr(r, 'stderr', '') or str(r)).strip()[:120]})")
@@ -140,4 +143,4 @@ def check_fleet(ct) -> dict:
         print(f"preflight: warning: {w}")
     if problems:
         raise UsageError("preflight refused the plan: " + "; ".join(problems))
-    return {"hosts": facts, "warnings": warnings}
+    return {"hosts": facts, "warnings": warnings, "generator_round_s": generator_round_s}

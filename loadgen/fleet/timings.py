@@ -2,6 +2,7 @@
 
 dispatch_s       fab's start -> every agent launched (connect, preflight, probes, the dispatch round trips)
 launch_s         the dispatch round trips alone
+lead_s, lead_rule   the start lead given (planned start - dispatch's start) and how it was chosen (fleet/lead.py)
 start_lead_s     planned start - every agent launched (the margin the lockstep start had left)
 watch_s, watch_cpu_s, watch_cpu_percent, watch_cpu_per_host_s (CPU seconds per host per second of watch),
 peak_rss_mb      the controller process over the watch (all its threads)
@@ -62,6 +63,9 @@ class Timings:
             self.figures["dispatch_s"] = round(self.marks[name] - self.fab_started, 3)
             self.figures["launch_s"] = round(self.marks[name] - self.marks.get("dispatch_started", self.marks[name]), 3)
 
+    def lead(self, lead_s: float, rule: str) -> None:
+        self.figures.update(lead_s=round(lead_s, 3), lead_rule=rule)
+
     def start_lead(self, start_at: float) -> None:
         self.figures["start_lead_s"] = round(start_at - self.marks.get("agents_launched", time.time()), 3)
 
@@ -89,7 +93,7 @@ class Timings:
         def g(key, unit="s", fmt="{:.1f}"):
             return "-" if f.get(key) is None else fmt.format(f[key]) + unit
 
-        return (f"timings: dispatch {g('dispatch_s')} (launch {g('launch_s')}, lead left {g('start_lead_s')}) | "
+        return (f"timings: dispatch {g('dispatch_s')} (launch {g('launch_s')}, lead {g('lead_s')}, lead left {g('start_lead_s')}) | "
                 f"watch {g('watch_s')} at {g('watch_cpu_percent', '%')} CPU, "
                 f"{g('watch_cpu_per_host_s', ' CPU-s/host/s', '{:.5f}')}, peak RSS {g('peak_rss_mb', ' MB', '{:.0f}')} | "
                 f"collect {g('collect_s')} | report {g('report_s')} | start skew max {g('start_skew_max_ms', ' ms')} "
