@@ -16,6 +16,16 @@ largest size, deployed once (Ansible cold measured there, the second run after t
 cluster test per size on the first N generators of it (a copy of the inventory with only those): the 100-host
 deploy alone takes ~20 min of this machine's 2 cores, since every lab host's install runs on them.
 
+--phases up,cold,runs,kill-freeze,second (with --one-lab; default all): run only some of that on a lab kept up
+(--keep) by an earlier call, e.g. `--phases up,cold --keep`, then `--phases runs --keep`, then `--phases
+kill-freeze,second --forks-variants 25,50`. kill-freeze: one more cluster test at the largest size during which
+--kill-freeze HOST1,HOST2 (default gen33,gen66) are signalled 30 s after the planned start: HOST1's agent session
+SIGKILLed, HOST2's SIGSTOPped (as tests/lab/test_fleet_scale.py does at 20); the row says when the watch and fab
+ended against the stages' end, whether the last resort (deadline) was needed, and the two agents' states and
+reasons. second: the changed=0 run of prepare.yml + deploy.yml, once per --forks-variants (else ansible.cfg's).
+Ansible builds the wheelhouse from a copy of HEAD (OUT/src), so editing the tree meanwhile changes nothing on the
+hosts.
+
 --stop-at HH:MM (UTC): a hard stop; whatever runs then is killed, the lab taken down, and the rows so far printed.
 Nothing here asserts: it prints figures, with the issue's goals as ratios (figure / goal; <= 1 meets it).
 """
@@ -121,12 +131,27 @@ def recap(text: str) -> dict:
         "hosts": len(hosts)}
 
 
-def ansible(cfg: LabConfig, clock: Clock, out_dir: Path, label: str, forks: int | None = None) -> dict:
+def frozen_source(out_root: Path) -> Path:
+    """HEAD's files as a copy outside the tree: what the role builds into the wheelhouse. The project's wheel
+    carries README.md (its long description), so an edit in the tree during the bench would rightly make the
+    second run reinstall it (changed > 0): the copy keeps the changed=0 run about the role alone."""
+    dest = out_root / "src"
+    if not (dest / "pyproject.toml").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def ansible(cfg: LabConfig, clock: Clock, out_dir: Path, label: str, forks: int | None = None,
+            src: Path | None = None) -> dict:
     cpu0 = lab_cpu_s(cfg)
     env = {"ANSIBLE_NOCOLOR": "1"} | ({"ANSIBLE_FORKS": str(forks)} if forks else {})
+    extra = ["-e", f"loadgen_agent_project_src={src}"] if src else []
     r = run_timed([str(BIN / "ansible-playbook"), "-i", str(cfg.inventory_dir), "playbooks/prepare.yml",
-                   "playbooks/deploy.yml", "--limit", "generators:gateways"], clock, out_dir / f"ansible-{label}.log",
-                  env=env)
+                   "playbooks/deploy.yml", "--limit", "generators:gateways", *extra], clock,
+                  out_dir / f"ansible-{label}.log", env=env)
+    r["forks"] = forks or "ansible.cfg"
     r["hosts_cpu_s"] = round(lab_cpu_s(cfg) - cpu0, 1)
     r |= recap((out_dir / f"ansible-{label}.log").read_text())
     log(f"ansible {label}: {r}")
@@ -141,7 +166,17 @@ def percentile(values: list[float], q: float) -> float:
     return v[k]
 
 
-def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, inventory: Path | None = None) -> dict:
+def signal_agent(cfg: LabConfig, host: str, run_id: str, signal_name: str) -> str:
+    """Signal the agent's whole session inside the host's container (as tests/lab/test_fleet_scale.py does)."""
+    wd = f"/var/lib/loadgen/runs/{run_id}/{host}"
+    r = subprocess.run(["ssh", "-F", str(cfg.inventory_dir / ".ssh" / "ssh_config"), host,
+                        f"P=$(cat {wd}/agent.pid) && kill -0 $P && pkill -{signal_name} -s $P && echo signalled"],
+                       capture_output=True, text=True, timeout=60)
+    return (r.stdout + r.stderr).strip()
+
+
+def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, inventory: Path | None = None,
+                 kill_freeze: tuple[str, str] | None = None) -> dict:
     users = n * a.conns
     inventory = inventory or cfg.inventory_dir
     secrets = (cfg.inventory_dir / "group_vars" / "all" / "secrets.yml").read_text()
@@ -164,8 +199,19 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    signalled: dict = {}
     try:
         while proc.poll() is None:
+            if kill_freeze and not signalled:  # 30 s after the planned start: in the hold
+                m = next((re.search(r"agents start at \S+ \(in (-?[\d.]+)s\)", s_) for t_, s_ in list(lines)
+                          if "agents start at" in s_), None)
+                started = next((t_ for t_, s_ in list(lines) if "agents start at" in s_), None)
+                run_id = next((d.name for d in reports.iterdir() if d.is_dir()), None) if reports.is_dir() else None
+                if m and run_id and time.time() >= started + float(m.group(1)) + 30:
+                    signalled = {"killed": kill_freeze[0], "frozen": kill_freeze[1], "at": time.time(),
+                                 "kill": signal_agent(cfg, kill_freeze[0], run_id, "KILL"),
+                                 "stop": signal_agent(cfg, kill_freeze[1], run_id, "STOP")}
+                    log(f"signalled: {signalled}")
             try:
                 cpu, rss = tree_cpu_rss(ps)
                 samples.append((time.time(), cpu, rss))
@@ -180,6 +226,9 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
                 raise HardStop("hard stop during fab cluster-test")
             time.sleep(0.5)
     finally:
+        if signalled:  # the frozen agent is SIGKILLed by the controller; a SIGCONT in case it was not
+            subprocess.run(["ssh", "-F", str(cfg.inventory_dir / ".ssh" / "ssh_config"), kill_freeze[1],
+                            "pkill -CONT -f 'loadgen run' || true"], capture_output=True, timeout=60)
         reader.join(10)
         (out_dir / "fab.log").write_text("\n".join(f"{t - t_start:8.2f} {s}" for t, s in lines) + "\n")
     t_end = time.time()
@@ -214,6 +263,19 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
             row["poll_cpu_ms_per_host_s"] = round(1000 * cores / n, 2)
         row["after_watch_s"] = round(t_end - w1, 1)  # collection + after-snapshot + report (+ gateway stop)
     row["controller_peak_rss_mb"] = round(max((s[2] for s in samples), default=0) / 2**20, 1)
+    if signalled:  # the run must end on time, PARTIAL, naming both with their reasons
+        stages_end = start_at + sum(st_s for st_s in (20, a.hold, 5))
+        watch_end = max((t for t, s_ in lines if "agents running" in s_), default=None)
+        row["kill_freeze"] = {
+            **{k: signalled[k] for k in ("killed", "frozen", "kill", "stop")},
+            "signalled_after_start_s": round(signalled["at"] - start_at, 1),
+            "watch_end_after_stages_s": None if watch_end is None else round(watch_end - stages_end, 1),
+            "fab_end_after_stages_s": round(t_end - stages_end, 1),
+            "deadline_passed": any("deadline passed" in s_ for _, s_ in lines),
+            "found": [s_ for _, s_ in lines if kill_freeze[0] in s_ or kill_freeze[1] in s_][:6],
+            "states": {h: (facts["agents"].get(h) or {}).get("state") for h in kill_freeze},
+            "errors": {h: (facts["agents"].get(h) or {}).get("error") for h in kill_freeze},
+            "partial_reasons": summary.get("partial_reasons")}
     timings = facts.get("timings")
     if timings:
         row["run_json_timings"] = timings
@@ -278,37 +340,58 @@ def subset_inventory(cfg: LabConfig, n: int, out_dir: Path) -> Path:
     return dest
 
 
+PHASES = ("up", "cold", "runs", "kill-freeze", "second")
+
+
 def one_lab(sizes: list[int], a, clock: Clock, out_root: Path) -> list[dict]:
     """The largest size's lab, deployed once (Ansible cold and second measured there), then one cluster test per
-    size on the first N generators."""
+    size on the first N generators; --phases runs only some of it on a lab already up (with --keep)."""
     cfg = LabConfig()
     big = max(sizes)
     out_dir = out_root / f"lab{big}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    lab_row: dict = {"generators": big, "load_before": uptime()}
+    src = frozen_source(out_root)
     rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        log(json.dumps(row))
+        if a.json:  # after every row: a bench stopped later keeps what it measured
+            a.json.write_text(json.dumps(rows, indent=1))
+
     try:
-        log(f"one lab of {big} generators (load {lab_row['load_before']})")
-        bring_up(cfg, big, lab_row)
-        clock.check()
-        lab_row["ansible_cold"] = ansible(cfg, clock, out_dir, "cold")
-        for n in sorted(sizes, reverse=True):
+        if "up" in a.phases:
+            row = {"generators": big, "phase": "up", "load_before": uptime()}
+            log(f"one lab of {big} generators (load {row['load_before']})")
+            bring_up(cfg, big, row)
+            add(row)
+        if "cold" in a.phases:
             clock.check()
-            row = {"generators": n, "load_before": uptime()}
-            run_dir = out_root / f"run{n}"
+            add({"generators": big, "phase": "cold", "load_before": uptime(),
+                 "ansible_cold": ansible(cfg, clock, out_dir, "cold", src=src), "load_after": uptime()})
+        for n in sorted(sizes, reverse=True) if "runs" in a.phases else []:
+            clock.check()
+            row = {"generators": n, "phase": "run", "load_before": uptime()}
+            run_dir = out_root / f"run{n}-{time.strftime('%H%M%S')}"
             run_dir.mkdir(parents=True, exist_ok=True)
             inv = cfg.inventory_dir if n == big else subset_inventory(cfg, n, run_dir)
             row |= cluster_test(cfg, n, a, clock, run_dir, inv)
             row["load_after"] = uptime()
-            if n == big:
-                row |= {k: v for k, v in lab_row.items() if k.startswith(("ansible", "lab_"))}
-            rows.append(row)
-            log(json.dumps(row))
-            if a.json:  # after every row: a bench stopped later keeps what it measured
-                a.json.write_text(json.dumps(rows, indent=1))
-        clock.check()
-        lab_row["ansible_second"] = ansible(cfg, clock, out_dir, "second")
-        next(r for r in rows if r["generators"] == big)["ansible_second"] = lab_row["ansible_second"]
+            add(row)
+        if "kill-freeze" in a.phases:
+            clock.check()
+            row = {"generators": big, "phase": "kill-freeze", "load_before": uptime()}
+            run_dir = out_root / f"killfreeze{big}-{time.strftime('%H%M%S')}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            row |= cluster_test(cfg, big, a, clock, run_dir, cfg.inventory_dir, kill_freeze=tuple(a.kill_freeze))
+            row["load_after"] = uptime()
+            add(row)
+        if "second" in a.phases:
+            for forks in a.forks_variants or [None]:  # None: ansible.cfg's forks
+                clock.check()
+                label = f"second-forks{forks or 'cfg'}-{time.strftime('%H%M%S')}"
+                add({"generators": big, "phase": label, "load_before": uptime(),
+                     "ansible_second": ansible(cfg, clock, out_dir, label, forks, src=src), "load_after": uptime()})
     except HardStop as exc:
         log(str(exc))
         rows.append({"generators": "-", "unfinished": str(exc)})
@@ -386,6 +469,12 @@ def main() -> int:
     ap.add_argument("--one-lab", action="store_true",
                     help="one lab of the largest size, deployed once (Ansible measured there); one cluster test per "
                          "size on its first N generators")
+    ap.add_argument("--phases", type=lambda v: [p for p in v.split(",") if p], default=list(PHASES),
+                    help=f"--one-lab: which of {','.join(PHASES)} to run (default all; with --keep a later call "
+                         "runs the rest on the same lab)")
+    ap.add_argument("--kill-freeze", type=lambda v: v.split(","), default=["gen33", "gen66"],
+                    help="--one-lab's kill-freeze phase: SIGKILL the first host's agent and SIGSTOP the second's, "
+                         "30 s after the planned start (default gen33,gen66)")
     a = ap.parse_args()
     stop_at = None
     if a.stop_at:
@@ -415,6 +504,9 @@ def main() -> int:
     finally:
         if not a.keep:
             lab_down(LabConfig())
+    if a.one_lab:
+        print(json.dumps(rows, indent=1))
+        return 0
     print(table(rows))
     return 0
 
