@@ -61,3 +61,13 @@ def test_fab_lab_up_refuses_a_bad_size_in_one_line_before_touching_anything():
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not Path("/nonexistent/loadgen-lab-test").exists()
+
+
+def test_a_scale_labs_gateways_weigh_as_much_as_the_generators_they_serve():
+    from loadgen.lab.core import CPU_SHARES, gateway_shares
+
+    assert gateway_shares(100, 2) == 50 * CPU_SHARES  # each gateway: its 50 generators' sessions
+    assert gateway_shares(20, 2) == 10 * CPU_SHARES
+    assert gateway_shares(2, 2) is None and gateway_shares(1, 1) is None  # the default lab: weights unchanged
+    assert gateway_shares(5, 0) is None
+    assert gateway_shares(1000, 2) == 262144  # the kernel's largest cpu.shares

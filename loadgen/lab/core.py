@@ -41,6 +41,9 @@ HOST_PACKAGES = {  # command -> Debian package that provides it on the controlle
     "mvn": "maven",
 }
 CGROUP_HIERARCHIES = ("systemd", "unified")
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller (this machine mounts v1 controllers + v2)
+CPU_SHARES = 1024  # the kernel's weight of one task group (and of one autogroup: one session)
+MAX_SHARES = 262144  # the kernel's largest cpu.shares
 # The load of the lab's own cluster test, from the capacity measured on this project's 2-core machine with
 # the whole lab on it (docs/cluster-capacity.md): the 2 gateway nodes, 2 agents, 3 Kafka brokers, 3 etcd and
 # 3 Redis use ~1 core at 1,000 msg/s and saturate both cores near 2,000 msg/s (p99 0.7 s). Half of the load
@@ -527,6 +530,53 @@ def write_scale_overrides(cfg: LabConfig) -> None:
         "loadgen_workers: 1\n")
 
 
+def gateway_shares(generators: int, gateways: int) -> int | None:
+    """cpu.shares of each gateway host in a lab of this shape: the weight of the generators it serves (None: a
+    lab of a few generators, where the default weights leave the gateways enough)."""
+    if not gateways or generators <= gateways:
+        return None
+    return min(MAX_SHARES, CPU_SHARES * generators // gateways)
+
+
+def weigh_gateways(cfg: LabConfig) -> dict[str, int]:
+    """A scale lab's gateways get the CPU weight of the generators they serve: {gateway: cpu.shares}.
+
+    With the kernel's autogroup scheduling every session weighs alike, and every agent runs in its own session
+    (fab starts it with setsid): on 2 cores shared by 100 agents a gateway's whole service got ~1/100 of the
+    machine while the agents were busy, its accept queue filled with connections whose clients had already timed
+    out, and 93-95 % of the connections failed. On real hosts a gateway has its own cores. Here each gateway
+    host's processes (its container's systemd and everything it starts later) move into a cpu cgroup of weight
+    1024 x generators / gateways, under a lab group weighing as much as all the generators: when every agent is
+    busy the gateways get half the machine, else what they use."""
+    state = _load_state(cfg)
+    if state is None or not CPU_CGROUP.is_dir():
+        return {}
+    gateways = [h["name"] for h in state["hosts"] if "gateways" in h["groups"]]
+    shares = gateway_shares(sum("generators" in h["groups"] for h in state["hosts"]), len(gateways))
+    if shares is None:
+        return {}
+    top = CPU_CGROUP / cfg.cgroup_name
+    out = {}
+    try:
+        top.mkdir(exist_ok=True)
+        (top / "cpu.shares").write_text(f"{min(MAX_SHARES, shares * len(gateways))}\n")
+        for name in gateways:
+            d = top / name
+            d.mkdir(exist_ok=True)
+            (d / "cpu.shares").write_text(f"{shares}\n")
+            for pid in sorted(_cgroup_pids(cfg, name)):
+                try:
+                    (d / "cgroup.procs").write_text(f"{pid}\n")
+                except OSError:  # exited meanwhile
+                    pass
+            out[name] = int((d / "cpu.shares").read_text())
+    except OSError as exc:  # a read-only or absent controller: the lab works, its gateways unweighed
+        log(f"gateways not weighed: {exc}")
+        return out
+    log(f"gateways weigh cpu.shares {out} (each generator's session: {CPU_SHARES})")
+    return out
+
+
 # --------------------------------------------------------------------------- public API
 
 def _load_state(cfg: LabConfig) -> dict | None:
@@ -577,6 +627,7 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
         old["artifacts"] = build_artifacts(cfg)  # (re)built if its recipe changed: fresh checksum
         cfg.state_file.write_text(json.dumps(old, indent=1))
         write_inventory(cfg, old)
+        weigh_gateways(cfg)
         return old
     lab_down(cfg)
     for d in ("logs", "ct", "keys"):
@@ -611,6 +662,7 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
     timings["total_s"] = round(time.monotonic() - t0, 1)
     state["timings"] = timings
     cfg.state_file.write_text(json.dumps(state, indent=1))
+    weigh_gateways(cfg)  # after the state file: it names the gateways
     log(f"lab up: {len(plan)} hosts {', '.join(h['name'] + '=' + h['ip'] for h in plan)}; "
         f"inventory {cfg.inventory_dir}; timings {timings}")
     return state
@@ -675,7 +727,7 @@ def _stop_container(cfg: LabConfig, name: str, grace: float = 15.0) -> None:
         r = run(["umount", str(merged)], check=False, stderr=subprocess.PIPE)
         if r.returncode != 0:
             run(["umount", "-l", str(merged)])
-    for d in _cgroup_dirs(cfg, name):
+    for d in _cgroup_dirs(cfg, name) + [CPU_CGROUP / cfg.cgroup_name / name]:
         if d.exists():
             for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                 sub.rmdir()
@@ -703,8 +755,7 @@ def lab_down(cfg: LabConfig | None = None, purge: bool = False) -> None:
     (cfg.lab_dir / "tinyproxy" / "tinyproxy.pid").unlink(missing_ok=True)
     if Path(f"/sys/class/net/{cfg.bridge}").exists():
         run(["ip", "link", "del", cfg.bridge])
-    for h in CGROUP_HIERARCHIES:
-        top = Path("/sys/fs/cgroup") / h / cfg.cgroup_name
+    for top in [Path("/sys/fs/cgroup") / h / cfg.cgroup_name for h in CGROUP_HIERARCHIES] + [CPU_CGROUP / cfg.cgroup_name]:
         if top.is_dir() and not any(p.is_dir() for p in top.iterdir()):
             top.rmdir()
     shutil.rmtree(cfg.lab_dir / "ct", ignore_errors=True)
