@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 from loadgen.lab import LabConfig, hosts_for, lab_down, lab_up, write_scale_overrides  # noqa: E402
 
 GOALS = {"skew_p99_ms": 10.0, "controller_cores": 1.0, "collection_s": 30.0, "dispatch_s": 30.0}
+RAMP_UP_S, RAMP_DOWN_S = 20, 5  # every cluster test here: ramp up, hold (--hold), ramp down
 BIN = Path(sys.executable).parent
 
 
@@ -166,12 +167,15 @@ def percentile(values: list[float], q: float) -> float:
     return v[k]
 
 
+def lab_ssh(cfg: LabConfig, host: str, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-F", str(cfg.inventory_dir / ".ssh" / "ssh_config"), host, command],
+                          capture_output=True, text=True, timeout=60)
+
+
 def signal_agent(cfg: LabConfig, host: str, run_id: str, signal_name: str) -> str:
     """Signal the agent's whole session inside the host's container (as tests/lab/test_fleet_scale.py does)."""
     wd = f"/var/lib/loadgen/runs/{run_id}/{host}"
-    r = subprocess.run(["ssh", "-F", str(cfg.inventory_dir / ".ssh" / "ssh_config"), host,
-                        f"P=$(cat {wd}/agent.pid) && kill -0 $P && pkill -{signal_name} -s $P && echo signalled"],
-                       capture_output=True, text=True, timeout=60)
+    r = lab_ssh(cfg, host, f"P=$(cat {wd}/agent.pid) && kill -0 $P && pkill -{signal_name} -s $P && echo signalled")
     return (r.stdout + r.stderr).strip()
 
 
@@ -183,8 +187,8 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
     token = re.search(r'^gateway_auth_token: "(.*)"$', secrets, re.M).group(1)
     reports = out_dir / "reports"
     args = [str(BIN / "fab"), "-r", str(REPO), "cluster-test", "-i", str(inventory), "--scenario", "cluster",
-            "--reports-dir", str(reports), "--stage", f"20s:{users}", "--stage", f"{a.hold}s:{users}",
-            "--stage", "5s:0", "--rate", str(a.rate), "--traffic", "constant",
+            "--reports-dir", str(reports), "--stage", f"{RAMP_UP_S}s:{users}", "--stage", f"{a.hold}s:{users}",
+            "--stage", f"{RAMP_DOWN_S}s:0", "--rate", str(a.rate), "--traffic", "constant",
             "--criterion", "message_p99_ms=off", "--criterion", "message_success_rate=off"]
     lines: list[tuple[float, str]] = []
     t_start = time.time()
@@ -203,11 +207,10 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
     try:
         while proc.poll() is None:
             if kill_freeze and not signalled:  # 30 s after the planned start: in the hold
-                m = next((re.search(r"agents start at \S+ \(in (-?[\d.]+)s\)", s_) for t_, s_ in list(lines)
-                          if "agents start at" in s_), None)
-                started = next((t_ for t_, s_ in list(lines) if "agents start at" in s_), None)
+                said, m = next(((t_, re.search(r"agents start at \S+ \(in (-?[\d.]+)s\)", s_))
+                                for t_, s_ in list(lines) if "agents start at" in s_), (None, None))
                 run_id = next((d.name for d in reports.iterdir() if d.is_dir()), None) if reports.is_dir() else None
-                if m and run_id and time.time() >= started + float(m.group(1)) + 30:
+                if m and run_id and time.time() >= said + float(m.group(1)) + 30:
                     signalled = {"killed": kill_freeze[0], "frozen": kill_freeze[1], "at": time.time(),
                                  "kill": signal_agent(cfg, kill_freeze[0], run_id, "KILL"),
                                  "stop": signal_agent(cfg, kill_freeze[1], run_id, "STOP")}
@@ -227,8 +230,7 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
             time.sleep(0.5)
     finally:
         if signalled:  # the frozen agent is SIGKILLed by the controller; a SIGCONT in case it was not
-            subprocess.run(["ssh", "-F", str(cfg.inventory_dir / ".ssh" / "ssh_config"), kill_freeze[1],
-                            "pkill -CONT -f 'loadgen run' || true"], capture_output=True, timeout=60)
+            lab_ssh(cfg, kill_freeze[1], "pkill -CONT -f 'loadgen run' || true")
         reader.join(10)
         (out_dir / "fab.log").write_text("\n".join(f"{t - t_start:8.2f} {s}" for t, s in lines) + "\n")
     t_end = time.time()
@@ -264,7 +266,7 @@ def cluster_test(cfg: LabConfig, n: int, a, clock: Clock, out_dir: Path, invento
         row["after_watch_s"] = round(t_end - w1, 1)  # collection + after-snapshot + report (+ gateway stop)
     row["controller_peak_rss_mb"] = round(max((s[2] for s in samples), default=0) / 2**20, 1)
     if signalled:  # the run must end on time, PARTIAL, naming both with their reasons
-        stages_end = start_at + sum(st_s for st_s in (20, a.hold, 5))
+        stages_end = start_at + RAMP_UP_S + a.hold + RAMP_DOWN_S
         watch_end = max((t for t, s_ in lines if "agents running" in s_), default=None)
         row["kill_freeze"] = {
             **{k: signalled[k] for k in ("killed", "frozen", "kill", "stop")},
