@@ -407,16 +407,46 @@ def _ssh_base(cfg: LabConfig) -> list[str]:
             "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", "-l", "root"]
 
 
-def _wait_ssh(cfg: LabConfig, ip: str, timeout: float = SSH_WAIT_S) -> None:
+def _console_tail(cfg: LabConfig, name: str) -> str:
+    """The last meaningful line of a host's console: why its systemd-nspawn ended."""
+    try:
+        lines = (cfg.lab_dir / "logs" / f"{name}.console").read_text(errors="replace").splitlines()
+    except OSError:
+        return "no console log"
+    # nspawn's own last words ("Attempted to remove disk file system ...") say nothing about the cause
+    useful = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("Attempted to remove")]
+    return useful[-1] if useful else "empty console log"
+
+
+def _wait_ssh(cfg: LabConfig, host: dict, timeout: float | None = None) -> None:
+    timeout = SSH_WAIT_S if timeout is None else timeout
     deadline = time.monotonic() + timeout
-    cmd = _ssh_base(cfg) + [ip, "systemctl is-system-running --wait >/dev/null 2>&1; true"]
+    cmd = _ssh_base(cfg) + [host["ip"], "systemctl is-system-running --wait >/dev/null 2>&1; true"]
+    pidfile = cfg.lab_dir / "logs" / f"{host['name']}.pid"
     while True:
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60)
         if r.returncode == 0:
             return
+        if not _pid_alive(pidfile, "systemd-nspawn"):  # a container that ended never answers: say why, now
+            raise RuntimeError(f"lab host {host['name']} ({host['ip']}): systemd-nspawn ended during boot: "
+                               f"{_console_tail(cfg, host['name'])}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"lab host {ip}: ssh not ready after {timeout:.0f} s: {r.stderr.strip()}")
+            raise RuntimeError(f"lab host {host['name']} ({host['ip']}): ssh not ready after {timeout:.0f} s: "
+                               f"{r.stderr.strip()}")
         time.sleep(0.2)
+
+
+def _lab_veths(cfg: LabConfig) -> list[str]:
+    """Host ends of this lab's container links: the bridge's ports, and any `vb-<bridge>-*` left detached.
+
+    A container's link outlives its processes while its network namespace is still held, e.g. by a dying
+    broker's orphaned TCP sockets retrying towards hosts that are gone too; the next boot of a host with the
+    same name then fails ("Failed to add new veth interfaces ...: File exists")."""
+    net = Path("/sys/class/net")
+    brif = net / cfg.bridge / "brif"
+    names = {p.name for p in brif.iterdir()} if brif.is_dir() else set()
+    names |= {p.name for p in net.glob(f"vb-{cfg.bridge}-*")}
+    return sorted(names)
 
 
 # --------------------------------------------------------------------------- inventory
@@ -655,7 +685,7 @@ def lab_up(hosts: int = 7, cfg: LabConfig | None = None) -> dict:
         for h in batch:
             _boot(cfg, h["name"])
         with ThreadPoolExecutor(max_workers=len(batch)) as ex:
-            list(ex.map(lambda h: _wait_ssh(cfg, h["ip"]), batch))
+            list(ex.map(lambda h: _wait_ssh(cfg, h), batch))
         if len(plan) > BOOT_BATCH:
             log(f"{i + len(batch)}/{len(plan)} hosts up ({time.monotonic() - t:.0f} s)")
     timings["boot_s"] = round(time.monotonic() - t, 1)
@@ -749,6 +779,8 @@ def lab_down(cfg: LabConfig | None = None, purge: bool = False) -> None:
         names |= {p.stem for p in (cfg.lab_dir / "logs").glob("*.pid")}
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as ex:
         list(ex.map(lambda n: _stop_container(cfg, n), sorted(names)))
+    for veth in _lab_veths(cfg):  # every container is stopped: a link still there is a leftover
+        run(["ip", "link", "del", veth], check=False, stderr=subprocess.DEVNULL)
     pid = _pid_alive(cfg.lab_dir / "tinyproxy" / "tinyproxy.pid", "tinyproxy")
     if pid:
         os.kill(pid, signal.SIGTERM)

@@ -7,6 +7,9 @@ The gateways run standalone (no etcd/Kafka/Redis: loadgen.lab.write_scale_overri
 per generator, 0.5 msg/s each): this is about the controller and its fleet, not about the gateways' capacity.
 The figures at 20/50/100 generators are bench/fleet_scale.py's.
 
+Its first test boots a 3-host lab over a link left behind by a host that died (CI once failed on one):
+lab_down removes such links, and a host that still cannot boot is named at once.
+
 Run: pytest -m lab tests/lab/test_fleet_scale.py -v   (root; ~6 minutes on a quiet 2-core machine)
 """
 
@@ -71,6 +74,40 @@ def lab():
     finally:
         if not os.environ.get("LOADGEN_LAB_KEEP"):
             lab_down(cfg)
+
+
+def _links(prefix: str) -> list[str]:
+    return sorted(p.name for p in Path("/sys/class/net").glob(prefix + "*"))
+
+
+def test_a_link_left_by_a_dying_host_is_removed_and_a_host_that_cannot_boot_is_named_at_once(monkeypatch):
+    """A host's link can outlive the host (its namespace held by a dying broker's sockets) and then blocks the
+    next boot of that name: lab_down removes it. A host that still cannot boot fails lab_up in seconds, naming
+    the host and nspawn's reason, not after the 120 s ssh wait."""
+    from loadgen.lab import core
+
+    cfg = LabConfig()
+    lab_down(cfg)
+    leftover = f"vb-{cfg.bridge}-infra3"  # the host end nspawn gives infra3's link
+    subprocess.run(["ip", "link", "add", leftover, "type", "veth", "peer", "name", "lgtest-peer0"], check=True)
+    try:
+        lab_up(3, cfg)
+        assert lab_up(3, cfg)["hosts"][2]["name"] == "infra3"  # booted (and kept: same layout, all running)
+        lab_down(cfg)
+        assert _links(f"vb-{cfg.bridge}-") == []
+
+        subprocess.run(["ip", "link", "add", leftover, "type", "veth", "peer", "name", "lgtest-peer0"], check=True)
+        monkeypatch.setattr(core, "_lab_veths", lambda cfg: [])  # as if the link were not the lab's to remove
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"lab host infra3 \(\S+\.13\): systemd-nspawn ended during boot: "
+                                               r"Failed to add new veth interfaces .*File exists"):
+            lab_up(3, cfg)
+        assert time.monotonic() - t0 < 60
+    finally:
+        subprocess.run(["ip", "link", "del", leftover], stderr=subprocess.DEVNULL)
+        monkeypatch.undo()
+        lab_down(cfg)
+    assert _links(f"vb-{cfg.bridge}-") == [] and not _links("lgtest-peer")
 
 
 @pytest.mark.timeout(1800)  # the first test pays for the module's lab: lab_up + deploy.yml on 22 hosts
