@@ -295,6 +295,23 @@ def test_fab_bad_input_is_one_line_exit_2_and_starts_nothing(args, words, tmp_pa
     assert not reports.exists() and not (tmp_path / "work").exists()
 
 
+def test_probe_interval_comes_from_the_command_line_else_the_inventory_and_is_checked_once(tmp_path):
+    from loadgen.errors import UsageError
+    from loadgen.fleet.clustertest import Options, probe_interval
+    from loadgen.fleet.inventory import load_inventory
+
+    inv = write_inventory(tmp_path)
+    assert probe_interval(load_inventory(inv), Options(inventory=inv)) is None  # the run's length decides (watch)
+    with open(os.path.join(inv, "group_vars", "all.yml"), "a") as f:
+        f.write("loadgen_probe_interval: 3\n")
+    assert probe_interval(load_inventory(inv), Options(inventory=inv)) == 3.0
+    assert probe_interval(load_inventory(inv), Options(inventory=inv, probe_interval="0.5")) == 0.5
+    with open(os.path.join(inv, "group_vars", "all.yml"), "a") as f:
+        f.write("loadgen_probe_interval: -1\n")
+    with pytest.raises(UsageError, match=r"loadgen_probe_interval \(inventory\) must be a positive number"):
+        probe_interval(load_inventory(inv), Options(inventory=inv))
+
+
 def test_fab_refuses_a_token_file_others_can_read(tmp_path):
     inv, reports = write_inventory(tmp_path), tmp_path / "reports"
     token = tmp_path / "token"

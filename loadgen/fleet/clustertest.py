@@ -158,6 +158,20 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
         abort_grace_s=DEFAULT_GRACE_S if opts.abort_grace is None else parse_grace(opts.abort_grace))
 
 
+def probe_interval(inv, opts: Options) -> float | None:
+    """Seconds between host probe samples: --probe-interval, else the generators' loadgen_probe_interval, else None
+    (the run's length / 60 within 1-5 s: watch)."""
+    gv = inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
+    value, name = ((opts.probe_interval, "--probe-interval") if opts.probe_interval is not None
+                   else (gv.get("loadgen_probe_interval"), "loadgen_probe_interval (inventory)"))
+    if value is None:
+        return None
+    seconds = parse_number(value, name)
+    if not seconds > 0:
+        raise UsageError(f"{name} must be a positive number of seconds (got {value})")
+    return seconds
+
+
 def agent_plans(inv, plan: FleetPlan, pairing: str) -> dict[str, RunPlan]:
     """Each generator's RunPlan, with its inventory's loadgen_local_ips, loadgen_workers, loadgen_metrics_port."""
     out = {}
@@ -198,17 +212,13 @@ class ClusterTest:
         self.opts = opts
         if opts.junit:
             check_path(opts.junit)
-        self.probe_interval = None
-        if opts.probe_interval is not None:
-            self.probe_interval = parse_number(opts.probe_interval, "--probe-interval")
-            if not self.probe_interval > 0:
-                raise UsageError(f"--probe-interval must be a positive number of seconds (got {opts.probe_interval})")
         self.lead_s = None
         if opts.lead is not None:
             self.lead_s = parse_duration(opts.lead, "--lead")
             if not self.lead_s > 0:
                 raise UsageError(f"--lead must be a positive duration (got {opts.lead})")
         self.inv = inv = load_inventory(opts.inventory)
+        self.probe_interval = probe_interval(inv, opts)
         self.plan = fleet_plan(inv, opts)
         self.generators = inv.group("generators")
         self.gateways = inv.group("gateways")

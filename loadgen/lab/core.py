@@ -408,14 +408,15 @@ def _ssh_base(cfg: LabConfig) -> list[str]:
 
 
 def _console_tail(cfg: LabConfig, name: str) -> str:
-    """The last meaningful line of a host's console: why its systemd-nspawn ended."""
+    """The last lines of a host's console: why its systemd-nspawn ended."""
     try:
         lines = (cfg.lab_dir / "logs" / f"{name}.console").read_text(errors="replace").splitlines()
     except OSError:
         return "no console log"
-    # nspawn's own last words ("Attempted to remove disk file system ...") say nothing about the cause
+    # nspawn's own last words ("Attempted to remove disk file system ...") say nothing about the cause, and the
+    # cause may come before a consequence ("Failed to add new veth interfaces ..." then "Parent died too early")
     useful = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("Attempted to remove")]
-    return useful[-1] if useful else "empty console log"
+    return " / ".join(useful[-3:]) if useful else "empty console log"
 
 
 def _wait_ssh(cfg: LabConfig, host: dict, timeout: float | None = None) -> None:
@@ -544,6 +545,10 @@ loadgen_stages: {json.dumps(LAB_DEFAULT_LOAD['stages'])}
 loadgen_rate: {LAB_DEFAULT_LOAD['rate']}
 # The load above was measured with constant traffic (one message type, no group fan-out): kept so.
 loadgen_traffic: constant
+# The lab's 7 hosts share the controller's cores: a probe round of all of them took ~2 s of a busy 2-core machine,
+# so at the default (about one a second) they ran back to back, ~30 % of a core, and the runs' p99 rose from
+# ~100 ms to 150-220 ms (docs/cluster-capacity.md). Real hosts probe on their own CPU.
+loadgen_probe_interval: 3
 """)
 
 
