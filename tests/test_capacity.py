@@ -13,7 +13,7 @@ import pytest
 
 from conftest import free_port
 from loadgen.capacity.cause import name_cause, resources
-from loadgen.capacity.judge import Window, step_figures
+from loadgen.capacity.judge import Window, expected_workers, step_figures
 from loadgen.capacity.rows import RowTail
 from loadgen.capacity.search import Search
 from loadgen.errors import UsageError
@@ -110,6 +110,24 @@ def test_a_step_is_judged_on_its_own_window_and_the_cause_is_named_generators_fi
     errors = name_cause(fig, {"g": {}}, {"gw1": {"rejected_full": 0, "errors": {"route_failed": 12}}}, {"g": 1},
                         ["gw1"], ["g"])
     assert errors["kind"] == "backend_errors" and "route_failed 12" in errors["text"]
+
+
+def test_a_worker_silent_from_its_start_is_expected_and_names_the_generator():
+    """Two workers, one starved before its first row: the other's rows are exactly half the agent's (not short),
+    so only the workers the agent reports alive show that worker 1 is behind."""
+    rows = [_row(ts=t, msgs_sent=50, msgs_received=50) for t in range(90, 101)]
+    rows += [_row(ts=100 + t, active=10, msgs_sent=50, msgs_received=50) for t in range(1, 7)]
+    workers = expected_workers(set(), rows, {"g": 2})
+    assert workers == {("g", 0), ("g", 1)} and expected_workers(workers, [], {}) == workers
+    p = plan(dimension="rate", start=100, step=100, max=200, vus=10)
+    fig = step_figures(rows, Window(100, 102, 106), p.step_criteria(100), 100, 10, workers)
+    assert fig["send_lag"]["g"]["worker"] == 1 and fig["send_lag"]["g"]["rows"] == 0
+    res = {"gw1": {"gateway_cpu_percent": 5.0, "gateway_cpu_limit": 2}, "g": {"agent_cpu_percent": 20.0}}
+    cause = name_cause(fig, res, {"gw1": {"rejected_full": 0, "errors": {}}}, {"g": 2}, ["gw1"], ["g"])
+    assert cause["kind"] == "generator" and "worker 1 wrote 0 of 4" in cause["text"], cause
+    unseen = step_figures(rows, Window(100, 102, 106), p.step_criteria(100), 100, 10, {("g", 0)})
+    assert name_cause(unseen, res, {"gw1": {"rejected_full": 0, "errors": {}}}, {"g": 2}, ["gw1"],
+                      ["g"])["kind"] != "generator"  # without the alive workers: the run CI saw
 
 
 def test_a_hold_without_a_cpu_sample_takes_the_first_one_after_it_and_says_when_none_came():

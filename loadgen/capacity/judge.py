@@ -47,6 +47,14 @@ def per_worker_last(rows: list[dict], key: str) -> dict:
 LATE_MS = 1000  # a send this late is a generator behind its schedule
 
 
+def expected_workers(seen: set, rows: list[dict], workers_alive: dict[str, int]) -> set:
+    """Every (agent, worker) a step should hear from: those that wrote rows so far, and every worker its agent
+    reports alive (workers 0..n-1). A worker starved from its start writes no row at all; with two workers the
+    other's rows alone are half the agent's, which the rows check does not call short (a CI run named no cause)."""
+    return (set(seen) | {(r["agent"], r["worker"]) for r in rows}
+            | {(agent, w) for agent, n in workers_alive.items() for w in range(n)})
+
+
 def send_lag(rows: list[dict], workers, hold_s: float) -> dict:
     """Per agent, its most-behind worker: send-schedule lag at the end of the window, its growth over it, the share
     of its rows with sends >= 1 s late, and how many rows it wrote of the window's seconds (a worker short of

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from loadgen.capacity.cause import name_cause, resources
-from loadgen.capacity.judge import Window, step_figures
+from loadgen.capacity.judge import Window, expected_workers, step_figures
 from loadgen.capacity.rows import RowTail
 from loadgen.capacity.search import Search
 from loadgen.errors import UsageError
@@ -207,7 +207,7 @@ class CapacityTest(ClusterTest):
         self.counters = after = self.gateway_counters()
         self._rows_until(tails, rows, win.end)
         self._samples_after(win.end)
-        self.workers_seen.update((r["agent"], r["worker"]) for r in rows)
+        self.workers_seen = expected_workers(self.workers_seen, rows, self.workers_of)
         fig = step_figures(rows, win, cap.step_criteria(load), cap.offered_per_s(load), conns, self.workers_seen)
         res = resources(self.sample_rows, win.hold, win.end)
         deltas = {n: {"rejected_full": after[n]["rejected_full"] - before[n]["rejected_full"],
