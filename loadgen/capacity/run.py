@@ -21,7 +21,7 @@ from loadgen.capacity.rows import RowTail
 from loadgen.capacity.search import Search
 from loadgen.errors import UsageError
 from loadgen.fleet import probes
-from loadgen.fleet.clustertest import ClusterTest, Options, log, stop_reason, workdir
+from loadgen.fleet.clustertest import ClusterTest, Options, generator_vars, log, stop_reason, workdir
 from loadgen.fleet.hosts import parallel
 from loadgen.plan.capacity import UNITS, CapacityPlan
 from loadgen.plan.options import parse_int, parse_number
@@ -108,7 +108,7 @@ class CapacityTest(ClusterTest):
         from loadgen.fleet.inventory import load_inventory
 
         inv = load_inventory(o.inventory)
-        gv = inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
+        gv = generator_vars(inv)
         self.cap = cap = _capacity_plan(o, max(1, len(inv.group("gateways"))), gv.get("loadgen_rate"),
                                         gv.get("loadgen_vus"))
         first = cap.climb()[0]

@@ -113,12 +113,17 @@ def workdir(host: Host, run_id: str) -> str:
     return f"{base}/runs/{run_id}/{host.name}"
 
 
+def generator_vars(inv) -> dict:
+    """The fleet's settings from the inventory: the first generator's variables (group_vars give all the same)."""
+    return inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
+
+
 def fleet_plan(inv, opts: Options) -> FleetPlan:
     """The fleet's plan from the command line, the inventory's loadgen_* group vars filling what it left out.
 
     Every value is parsed here, where it enters, naming the option (or inventory variable) it came from.
     """
-    gv = inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
+    gv = generator_vars(inv)
 
     def given(option: str, value, var: str, default):
         """(text, name for errors): the command line's, else the inventory's, else the default."""
@@ -161,7 +166,7 @@ def fleet_plan(inv, opts: Options) -> FleetPlan:
 def probe_interval(inv, opts: Options) -> float | None:
     """Seconds between host probe samples: --probe-interval, else the generators' loadgen_probe_interval, else None
     (the run's length / 60 within 1-5 s: watch)."""
-    gv = inv.hostvars[inv.group("generators")[0]] if inv.group("generators") else {}
+    gv = generator_vars(inv)
     value, name = ((opts.probe_interval, "--probe-interval") if opts.probe_interval is not None
                    else (gv.get("loadgen_probe_interval"), "loadgen_probe_interval (inventory)"))
     if value is None:
