@@ -419,8 +419,7 @@ def _console_tail(cfg: LabConfig, name: str) -> str:
     return " / ".join(useful[-3:]) if useful else "empty console log"
 
 
-def _wait_ssh(cfg: LabConfig, host: dict, timeout: float | None = None) -> None:
-    timeout = SSH_WAIT_S if timeout is None else timeout
+def _wait_ssh(cfg: LabConfig, host: dict, timeout: float = SSH_WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     cmd = _ssh_base(cfg) + [host["ip"], "systemctl is-system-running --wait >/dev/null 2>&1; true"]
     pidfile = cfg.lab_dir / "logs" / f"{host['name']}.pid"
