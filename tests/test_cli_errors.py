@@ -25,6 +25,9 @@ CASES = [
     (["run", "throughput", "--vus", "5", "--duration", "5s", "--local-ips", "10.0.0.300"], 2, "--local-ips"),
     (["run", "throughput", "--vus", "5", "--duration", "5s", "--workers", "0"], 2, "--workers"),
     (["run", "throughput", "--vus", "5", "--duration", "5s", "--criterion", "p99<fast"], 2, "criterion"),
+    (["run", "cluster", "--vus", "6", "--duration", "5s", "--criterion", "throughput_per_s=off"], 2,
+     "throughput_per_s is not among this scenario's criteria (connection_success_rate, connect_p95_ms, "
+     "message_p99_ms, message_success_rate): nothing to turn off"),
     (["run", "throughput", "--vus", "5", "--duration", "5s", "-e", "GATEWAY_HOST=no-such-host.invalid"], 2, "does not resolve"),
     (["run", "connection", "--stage", "5s:0"], 2, "nothing to test"),
     (["run", "throughput", "--vus", "40000", "--duration", "5s", "--workers", "1"], 2, "workers"),

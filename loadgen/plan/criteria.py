@@ -104,6 +104,9 @@ def apply_overrides(criteria: list[Criterion], overrides: list[str]) -> list[Cri
         if value.strip() == "off" and name.strip() in by_name:
             del by_name[name.strip()]
             continue
+        if value.strip() == "off" and label_of(name.strip()) is not None:
+            raise UsageError(f"criterion {text!r}: {name.strip()} is not among this scenario's criteria "
+                             f"({', '.join(by_name) or 'none left'}): nothing to turn off")
         m = _OVERRIDE.fullmatch(text)
         if not m or label_of(m.group(1)) is None:
             raise UsageError(
