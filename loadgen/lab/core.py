@@ -52,7 +52,8 @@ LAB_DEFAULT_LOAD = {
     "stages": ["10s:1000", "50s:1000", "5s:0"], "rate": 0.125,
     "why": "ramp to 1,000 users in 10 s, hold 50 s, ramp down 5 s, 0.125 msg/s each = 125 msg/s across the two "
            "gateway nodes (a fresh lab on a shared 2-core machine: its brokers still compiling, its host probes, "
-           "the machine's other users; 250 msg/s once failed its p99 there, docs/cluster-capacity.md)",
+           "the machine's other users: margin kept after p99 failures that the host probes caused, "
+           "docs/cluster-capacity.md)",
 }
 # Sysctls that a container's network namespace refuses or lacks (RECIPE.md, measured): the lab
 # inventory acknowledges them so kernel_tuning reports them as refused instead of failing.
@@ -118,7 +119,7 @@ SSH_WAIT_S = 120.0  # per batch, retried every 0.2 s (ssh ConnectTimeout 2 s)
 # Up-front budget per host, from measurements on this machine (docs in playbooks/README.md, "The scale lab"):
 # an idle host ~30 MB; a generator with its agent and ~100 connections stays under 100 MB; an infra host runs
 # Kafka (heap 320 MB), etcd and Redis; a gateway node holds the fleet's connections. Disk: the host's overlay
-# upper layer after site.yml (venv ~200 MB, wheelhouse tar + unpacked ~110 MB, apt packages).
+# upper layer after site.yml (venv ~200 MB, wheelhouse tar + unpacked ~60 MB, apt packages).
 MEM_MB = {"infra": 900, "gateway": 400, "generator": 100}
 DISK_MB_PER_HOST = 450
 MEM_HEADROOM = 0.8  # of MemAvailable: the controller (fab, ansible) and the machine's other users keep the rest
