@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml setup.py loadgen/agent/_echoloop.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[controller,test]'
 	touch $@
 
 setup: $(BIN)/.installed

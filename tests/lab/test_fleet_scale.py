@@ -116,6 +116,13 @@ def test_the_20_host_lab_has_the_agent_deployed_on_every_generator(lab):
     assert sorted(hosts, key=lambda n: int(n[3:])) == [f"gen{i}" for i in range(1, GENERATORS + 1)]
     r = ssh(lab, f"gen{GENERATORS}", "/opt/loadgen/venv/bin/loadgen run --help >/dev/null && echo OK")
     assert r.stdout.strip() == "OK", r.stderr
+    # a host gets the agent and what it imports, not the controller's packages nor the wheel build's own
+    r = ssh(lab, f"gen{GENERATORS}", "tar -tf /opt/loadgen/wheelhouse.tar")
+    wheels = {name.removeprefix("./").split("-")[0].lower() for name in r.stdout.split()}
+    assert {"loadgen", "picows", "websockets", "hdrhistogram", "aiokafka", "numpy"} <= wheels, wheels
+    assert not wheels & {"pandas", "ansible_core", "fabric", "invoke", "paramiko", "jinja2", "cython"}, wheels
+    r = ssh(lab, f"gen{GENERATORS}", "/opt/loadgen/venv/bin/python -c 'import pandas'")
+    assert r.returncode != 0 and "No module named 'pandas'" in r.stderr, r.stderr
 
 
 class Fab:

@@ -4,9 +4,9 @@
 # the package index only for what is missing. The project wheel is reproducible
 # (SOURCE_DATE_EPOCH), so an unchanged source gives a byte-identical wheel.
 # Usage: build-wheelhouse.sh PYTHON PROJECT_DIR WHEELHOUSE
-# Also packs the wheels as WHEELHOUSE.tar (reproducible: sorted, fixed mtimes and owners), so
-# hosts get one file to compare and copy.
-# Prints one JSON line: {"wheel": <project wheel file>, "digest": <sha256 over all wheels>,
+# Also packs the project wheel and its dependencies (not the build's) as WHEELHOUSE.tar
+# (reproducible: sorted, fixed mtimes and owners), so hosts get one file to compare and copy.
+# Prints one JSON line: {"wheel": <project wheel file>, "digest": <sha256 over the packed wheels>,
 # "tar": <path of the tar>}.
 set -eu
 py=$1 src=$2 wh=$3
@@ -35,8 +35,11 @@ if [ "$(cat "$wh/.source-digest" 2>/dev/null)" != "$source" ] || \
   echo "$source" > "$wh/.source-digest"
 fi
 wheel=$(cd "$wh" && ls "$(echo "$name" | tr - _)-$ver"-*.whl | head -n1)
-digest=$(cd "$wh" && sha256sum ./*.whl | sort -k2 | sha256sum | cut -d' ' -f1)
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$wh" -cf "$build.tar" \
-    $(cd "$wh" && ls ./*.whl)
+# The hosts get the project wheel and what it needs, nothing else: the wheelhouse also keeps the build's own
+# requirements (cython, setuptools) and wheels earlier builds needed. pip resolves the closure offline.
+"$py" -m pip wheel -q --no-index --find-links "$wh" --wheel-dir "$build/closure" "$wh/$wheel" >&2
+digest=$(cd "$build/closure" && sha256sum ./*.whl | sort -k2 | sha256sum | cut -d' ' -f1)
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$build/closure" -cf "$build.tar" \
+    $(cd "$build/closure" && ls ./*.whl)
 if ! cmp -s "$build.tar" "$wh.tar"; then mv "$build.tar" "$wh.tar"; else rm -f "$build.tar"; fi
 printf '{"wheel": "%s", "digest": "%s", "tar": "%s"}\n' "$wheel" "$digest" "$wh.tar"
