@@ -74,7 +74,7 @@ class RunningGateway:
 
 
 def start_gateway(tmp_path, config_text: str | None = None, token: str = TOKEN, node_id: str = "test-gw",
-                  extra_args=()) -> RunningGateway:
+                  extra_args=(), env_extra=None) -> RunningGateway:
     port, mport = free_port(), free_port()
     args = [sys.executable, "-m", "loadgen", "gateway", "--port", str(port), "--metrics-port", str(mport),
             "--node-id", node_id, *extra_args]
@@ -83,7 +83,8 @@ def start_gateway(tmp_path, config_text: str | None = None, token: str = TOKEN, 
         cfg.write_text(config_text)
         args += ["--config", str(cfg)]
     log = open(tmp_path / f"gateway-{port}.log", "w")
-    proc = subprocess.Popen(args, env={**os.environ, "AUTH_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, env={**os.environ, "AUTH_TOKEN": token, **(env_extra or {})}, stdout=log,
+                            stderr=subprocess.STDOUT)
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:

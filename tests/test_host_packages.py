@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
-from conftest import TOKEN, free_port
+from conftest import TOKEN, start_gateway
 
 REPO = Path(__file__).resolve().parents[1]
 CONTROLLER = {"fabric": ["fabric", "invoke", "paramiko"], "ansible-core": ["ansible"], "jinja2": ["jinja2"],
@@ -26,14 +24,6 @@ CONTROLLER = {"fabric": ["fabric", "invoke", "paramiko"], "ansible-core": ["ansi
 
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def test_the_controller_packages_are_an_extra_and_no_host_dependency():
@@ -53,26 +43,18 @@ def test_the_agent_and_the_gateway_run_without_the_controller_packages(tmp_path)
     check = subprocess.run([sys.executable, "-c", "import pandas"], env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "import of pandas halted" in check.stderr, check.stderr  # the blocker works
 
-    port, mport = free_port(), free_port()
-    log = open(tmp_path / "gateway.log", "w")
-    gw = subprocess.Popen([sys.executable, "-m", "loadgen", "gateway", "--port", str(port), "--metrics-port",
-                           str(mport)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    gw = start_gateway(tmp_path, env_extra={"PYTHONPATH": str(blocker)})
     try:
-        deadline = time.monotonic() + 30
-        while not _listening(port):
-            assert gw.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
-            time.sleep(0.1)
         out = tmp_path / "run"
         r = subprocess.run([sys.executable, "-m", "loadgen", "run", "cluster", "--vus", "20", "--duration", "4s",
                             "--rate", "2", "--workers", "2", "--traffic", "chat-mix",
-                            "--gateways", f"127.0.0.1:{port}", "--gateway-metrics", f"http://127.0.0.1:{mport}/metrics",
+                            "--gateways", f"127.0.0.1:{gw.port}", "--gateway-metrics", gw.metrics_url,
                             "--out", str(out),  # latency is not this test's subject: a busy machine may judge it
                             "--criterion", "message_p99_ms=off", "--criterion", "message_success_rate=off"],
                            env=env, capture_output=True, text=True, timeout=120)
-        assert gw.poll() is None, (tmp_path / "gateway.log").read_text()
+        assert gw.proc.poll() is None, (tmp_path / f"gateway-{gw.port}.log").read_text()
     finally:
-        gw.terminate()
-        gw.wait(10)
+        gw.stop()
     assert "Traceback" not in r.stderr and r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["connections"]["established"] == 20 and summary["messages"]["received"] > 0, summary
